@@ -1,0 +1,75 @@
+//! MySQL access shared by the layers: the connection pool and the schema
+//! (`deploy/sql/mysql.sql`, applied idempotently).
+//!
+//! SQL is always built with bound parameters (`exec` with params), never by
+//! formatting input into statements.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+
+use crate::config::MysqlConfig;
+
+/// The schema, embedded so every binary can apply it.
+pub const SCHEMA_SQL: &str = include_str!("../../deploy/sql/mysql.sql");
+
+/// Errors of the database helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL does not parse.
+    #[error("bad mysql url: {0}")]
+    Url(#[from] mysql_async::UrlError),
+    /// A statement failed.
+    #[error("mysql: {0}")]
+    Mysql(#[from] mysql_async::Error),
+}
+
+/// Opens a pool for `cfg`. Connections are made lazily.
+///
+/// # Errors
+///
+/// [`DbError::Url`] when `mysql.url` does not parse.
+pub fn pool(cfg: &MysqlConfig) -> Result<Pool, DbError> {
+    let opts = Opts::from_url(cfg.url.expose())?;
+    let constraints = PoolConstraints::new(0, cfg.pool_max.max(1)).unwrap_or_default();
+    // Every session in UTC, so TIMESTAMP columns read and write UTC whatever the server's zone.
+    let builder = OptsBuilder::from_opts(opts)
+        .pool_opts(PoolOpts::default().with_constraints(constraints))
+        .init(vec!["SET time_zone = '+00:00'"]);
+    Ok(Pool::new(builder))
+}
+
+/// The schema's statements, one per `;` line.
+pub fn schema_statements() -> impl Iterator<Item = &'static str> {
+    SCHEMA_SQL.split("\n;").map(str::trim).filter(|s| {
+        s.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+    })
+}
+
+/// Creates every table that does not exist yet.
+///
+/// # Errors
+///
+/// [`DbError::Mysql`] when a statement fails (no rights, server down).
+pub async fn migrate(pool: &Pool) -> Result<(), DbError> {
+    let mut conn = pool.get_conn().await?;
+    for stmt in schema_statements() {
+        conn.query_drop(stmt).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schema_splits_into_statements() {
+        let stmts: Vec<_> = super::schema_statements().collect();
+        assert!(stmts.len() >= 9, "{}", stmts.len());
+        assert!(
+            stmts
+                .iter()
+                .all(|s| s.contains("CREATE TABLE IF NOT EXISTS")),
+            "{stmts:#?}"
+        );
+    }
+}

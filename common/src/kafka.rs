@@ -1,0 +1,170 @@
+//! Kafka plumbing shared by the speed and batch layers (feature `kafka`): client
+//! configuration, topic creation, and the dead-letter record format.
+//!
+//! # Dead-letter records (topic `ad-dlq`)
+//!
+//! The payload and key are the original message's bytes, unchanged, so a re-drive
+//! produces them back as they were. The reason travels in headers:
+//!
+//! | header | value |
+//! |---|---|
+//! | `dlq.reason` | stable code of [`crate::decode::RejectReason`] |
+//! | `dlq.detail` | human-readable detail naming the field |
+//! | `dlq.topic` | source topic |
+//! | `dlq.partition` | source partition |
+//! | `dlq.offset` | source offset |
+//! | `dlq.stage` | who rejected it (`speed-layer`, ...) |
+//! | `dlq.at_ms` | when, ms UTC |
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::decode::Rejection;
+
+/// Base client settings: brokers plus every pass-through setting of `[kafka.client]`.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Producer settings. Idempotence stays off: the local broker (tansu) has no
+/// transactions, and exactly-once rests on `event_id` dedup and offsets stored with
+/// results instead (the design brief, "Speed layer").
+pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("enable.idempotence", "false")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("message.timeout.ms", "60000")
+        .set("partitioner", "murmur2_random");
+    c
+}
+
+/// Consumer settings for a group that stores offsets itself (auto commit off).
+/// `range` assignment keeps partition `p` of both co-partitioned topics on the same
+/// member, which attribution needs.
+pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut c = client_config(cfg);
+    let instance = if cfg.group_instance_id.is_empty() {
+        host_name()
+    } else {
+        cfg.group_instance_id.clone()
+    };
+    c.set("group.id", group_id)
+        .set("group.instance.id", instance)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "300000")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "65536");
+    c
+}
+
+/// The host name (for the default static group membership id).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "admetrics".to_owned())
+}
+
+/// Creates `topics` with `partitions` each; existing topics are left as they are.
+///
+/// # Errors
+///
+/// When the broker refuses for another reason than "already exists".
+pub async fn create_topics(
+    cfg: &KafkaConfig,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(new.iter(), &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Where a dead-lettered message came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DlqSource<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Component that rejected it.
+    pub stage: &'a str,
+}
+
+/// The headers of a dead-letter record.
+pub fn dlq_headers(rejection: &Rejection, src: &DlqSource<'_>, at_ms: i64) -> OwnedHeaders {
+    let partition = src.partition.to_string();
+    let offset = src.offset.to_string();
+    let at = at_ms.to_string();
+    OwnedHeaders::new_with_capacity(7)
+        .insert(Header {
+            key: "dlq.reason",
+            value: Some(rejection.reason.as_str()),
+        })
+        .insert(Header {
+            key: "dlq.detail",
+            value: Some(rejection.detail.as_str()),
+        })
+        .insert(Header {
+            key: "dlq.topic",
+            value: Some(src.topic),
+        })
+        .insert(Header {
+            key: "dlq.partition",
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: "dlq.offset",
+            value: Some(offset.as_str()),
+        })
+        .insert(Header {
+            key: "dlq.stage",
+            value: Some(src.stage),
+        })
+        .insert(Header {
+            key: "dlq.at_ms",
+            value: Some(at.as_str()),
+        })
+}
+
+/// Reads one header as UTF-8.
+pub fn header_str<'h, H: Headers>(headers: &'h H, key: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}

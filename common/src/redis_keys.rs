@@ -1,0 +1,157 @@
+//! The Redis key layout of the speed layer's results and state, shared by the writer
+//! (speed layer) and the reader (serving layer).
+//!
+//! Every key carries the hash tag `{<prefix>:p<N>}` of the Kafka partition `N` whose
+//! events it holds. One partition's window flush (its result deltas, its state changes
+//! and its consumed offsets) therefore touches keys of one hash slot only, and stays
+//! one atomic Lua script on a single Redis and on Redis Cluster alike. A user's events
+//! all live in one partition (both topics are keyed by `user_id`), so per-partition
+//! HyperLogLogs count disjoint users and their counts add up.
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `am:{am:p3}:m:<advertiser>:<YYYY-MM-DD>` | hash | per-ad counters of that advertiser-day: field `<ad_id>:<measure>` (ad `0` = unattributed effects), plus `_as_of` (ms UTC of the last write) |
+//! | `am:{am:p3}:s:<advertiser>:<YYYY-MM-DD>` | hash | 10-second series: field `<window_start_ms>:<measure>` |
+//! | `am:{am:p3}:u:<YYYY-MM-DD>:<scope>` | HyperLogLog | distinct users; scope `a<ad>`, `c<campaign>` or `v<advertiser>` |
+//! | `am:{am:p3}:off` | hash | next offset to consume: fields `traffic`, `effects` |
+//! | `am:{am:p3}:epoch` | string | fencing token, incremented by each new owner of the partition |
+//! | `am:{am:p3}:open` | string | snapshot of windows not yet closed, and the watermarks |
+//! | `am:{am:p3}:clk:<YYYY-MM-DD>` | list | clicks (attribution state), one JSON batch per flush, by click day (UTC) |
+//! | `am:{am:p3}:pend` | hash | effects waiting for their click: field = offset, value = JSON |
+//! | `am:{am:p3}:seen:<hour>` | set | 8-byte hashes of `event_id`s seen, by event hour (dedup state) |
+//!
+//! Dates in keys are the advertiser's local day. Measures are the names of
+//! [`crate::counters::Measure`].
+
+use chrono::NaiveDate;
+
+use crate::day::{DayNum, date_of};
+
+/// Field of the `m:` hashes holding the last write time.
+pub const AS_OF_FIELD: &str = "_as_of";
+
+/// Builds keys under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// Scope of a UV HyperLogLog.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum UvScope {
+    /// One ad.
+    Ad(i64),
+    /// One campaign.
+    Campaign(i64),
+    /// One advertiser.
+    Advertiser(i64),
+}
+
+impl Keys {
+    /// Keys under `prefix` (config `redis.key_prefix`).
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn base(&self, partition: i32) -> String {
+        format!("{p}:{{{p}:p{partition}}}", p = self.prefix)
+    }
+
+    /// Per-ad counters of an advertiser-day.
+    pub fn metrics(&self, partition: i32, advertiser: i64, day: NaiveDate) -> String {
+        format!("{}:m:{advertiser}:{day}", self.base(partition))
+    }
+
+    /// The 10-second series of an advertiser-day.
+    pub fn series(&self, partition: i32, advertiser: i64, day: NaiveDate) -> String {
+        format!("{}:s:{advertiser}:{day}", self.base(partition))
+    }
+
+    /// The UV HyperLogLog of a scope and day.
+    pub fn uv(&self, partition: i32, day: NaiveDate, scope: UvScope) -> String {
+        let s = match scope {
+            UvScope::Ad(id) => format!("a{id}"),
+            UvScope::Campaign(id) => format!("c{id}"),
+            UvScope::Advertiser(id) => format!("v{id}"),
+        };
+        format!("{}:u:{day}:{s}", self.base(partition))
+    }
+
+    /// Consumed offsets of a partition.
+    pub fn offsets(&self, partition: i32) -> String {
+        format!("{}:off", self.base(partition))
+    }
+
+    /// Fencing token of a partition.
+    pub fn epoch(&self, partition: i32) -> String {
+        format!("{}:epoch", self.base(partition))
+    }
+
+    /// Snapshot of open windows and watermarks.
+    pub fn open_windows(&self, partition: i32) -> String {
+        format!("{}:open", self.base(partition))
+    }
+
+    /// Click log of one UTC day.
+    pub fn clicks(&self, partition: i32, utc_day: DayNum) -> String {
+        format!("{}:clk:{}", self.base(partition), date_of(utc_day))
+    }
+
+    /// Pending effects.
+    pub fn pending(&self, partition: i32) -> String {
+        format!("{}:pend", self.base(partition))
+    }
+
+    /// Dedup set of one event hour (hours since the Unix epoch).
+    pub fn seen(&self, partition: i32, hour: i64) -> String {
+        format!("{}:seen:{hour}", self.base(partition))
+    }
+}
+
+/// Field name `<id>:<measure>` used in the `m:` and `s:` hashes.
+pub fn field(id: i64, measure: &str) -> String {
+    format!("{id}:{measure}")
+}
+
+/// Splits a `<id>:<measure>` field.
+pub fn parse_field(f: &str) -> Option<(i64, &str)> {
+    let (id, m) = f.split_once(':')?;
+    Some((id.parse().ok()?, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_keys_of_a_partition_share_one_hash_tag() {
+        let k = Keys::new("am");
+        let d = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        let keys = [
+            k.metrics(3, 12, d),
+            k.series(3, 12, d),
+            k.uv(3, d, UvScope::Ad(12_001)),
+            k.offsets(3),
+            k.epoch(3),
+            k.open_windows(3),
+            k.clicks(3, 20_000),
+            k.pending(3),
+            k.seen(3, 480_000),
+        ];
+        for key in &keys {
+            let tag = &key[key.find('{').unwrap() + 1..key.find('}').unwrap()];
+            assert_eq!(tag, "am:p3", "{key}");
+        }
+        assert_eq!(k.metrics(3, 12, d), "am:{am:p3}:m:12:2026-11-23");
+        assert_eq!(parse_field("12001:clicks"), Some((12_001, "clicks")));
+    }
+}
