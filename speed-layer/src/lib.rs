@@ -1,0 +1,51 @@
+//! The speed layer: fresh, provisional metrics seconds after events happen.
+//!
+//! ```text
+//!  ad-traffic p ─┐                                     ┌─> Redis: deltas + offsets + state, one Lua script per flush
+//!                ├─> partition task p ─> Processor ────┤
+//!  ad-effects p ─┘    (decode, validate,  (dedup, dims,└─> ClickHouse: enriched detail rows (batched, retried, spilled)
+//!                      DLQ rejects)        attribution,
+//!                                          10 s windows)
+//! ```
+//!
+//! # Guarantees and how they hold
+//!
+//! - **Exactly-once counts and sums in Redis.** Each flush of partition `p` writes the
+//!   closed windows' deltas, the consumed offsets of both topics, and the changes of
+//!   the attribution and dedup state in one Lua script, which Redis applies (and
+//!   writes to its AOF) as one unit. On assignment the consumer seeks to the offsets
+//!   stored there. Whatever is killed when, an event is either in Redis with its
+//!   offset, or neither.
+//! - **No zombie writes.** A new owner of a partition increments the partition's epoch;
+//!   the flush script refuses to run for an older epoch.
+//! - **State survives and moves.** Clicks of the lookback, waiting effects, dedup ids
+//!   and open windows live in Redis under the partition's hash tag, and are loaded by
+//!   whichever instance is assigned the partition.
+//! - **Nothing is dropped.** Invalid messages go to `ad-dlq` (delivery awaited before
+//!   their offsets are stored); late events count toward their day.
+//!
+//! The Redis key layout is documented in [`common::redis_keys`].
+//!
+//! # Layout
+//!
+//! - [`pipeline`]: the pure core ([`pipeline::processor::Processor`]).
+//! - [`dims`]: MySQL dimensions behind bounded TTL caches.
+//! - [`state`]: loading and flushing a partition's state in Redis.
+//! - [`partition`]: the task that owns one partition.
+//! - [`consumer`]: the Kafka consumer group, rebalances, dispatch.
+//! - [`dlq`]: the dead-letter producer.
+//! - [`clickhouse_sink`]: batched, retried, spilled ClickHouse writes.
+//! - [`replay`]: the data-set replay command.
+//! - [`bench`]: the pipeline benchmark.
+//! - [`status`]: per-partition progress (lag, open windows).
+
+pub mod bench;
+pub mod clickhouse_sink;
+pub mod consumer;
+pub mod dims;
+pub mod dlq;
+pub mod partition;
+pub mod pipeline;
+pub mod replay;
+pub mod state;
+pub mod status;

@@ -1,0 +1,211 @@
+//! `speed-layer`: the speed layer service and its tools.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use common::config::Config;
+use common::redis_keys::Keys;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use speed_layer::clickhouse_sink::{self, SinkDirs};
+use speed_layer::dims::DimCache;
+use speed_layer::partition::Shared;
+use speed_layer::replay::{self, ReplayOptions, Shift};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Speed layer of the ad-metrics platform: Kafka -> 10 s windows -> Redis (+ ClickHouse)"
+)]
+struct Cli {
+    /// Configuration file (TOML); `ADMETRICS__SECTION__KEY` variables override it.
+    #[arg(long, global = true, env = "ADMETRICS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume both input topics and keep Redis (and ClickHouse) up to date.
+    Run,
+    /// Replay the data set into MySQL (dimensions) and Kafka (events).
+    Replay {
+        /// The TalkingData CSV file.
+        #[arg(long, default_value = "../shared/data/talkingdata_train_sample.csv")]
+        data: PathBuf,
+        /// Event-time speed-up (60 = an hour per minute); 0 = as fast as possible.
+        #[arg(long, default_value_t = 0.0)]
+        speed: f64,
+        /// Date shift: `auto` (end near now, nothing in the future), `today` (last day is
+        /// today; later events wait for their time), or a number of days.
+        #[arg(long, default_value = "auto")]
+        shift: Shift,
+        /// Replay only the first N data rows.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Load ClickHouse batches spilled to disk, deleting each once written.
+    ReplaySpill,
+    /// Per-partition progress: stored offsets vs topic ends, open windows, waiting effects.
+    Status {
+        /// Wait until every partition has caught up and written every window.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait, seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Create what the speed layer needs: Kafka topics, MySQL and ClickHouse tables.
+    Migrate,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Core pipeline throughput on one core over JSON-lines files (no broker).
+    Pipeline {
+        /// JSON-lines files of the standard load (`gen_events.py --format jsonl`).
+        files: Vec<PathBuf>,
+        /// Close windows and assemble a flush every N events.
+        #[arg(long, default_value_t = 50_000)]
+        flush_every: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    common::telemetry::init_tracing();
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref())?;
+    if let Command::Bench {
+        which: BenchCommand::Pipeline { files, flush_every },
+    } = &cli.command
+    {
+        // One core: the figure is per core, and the benchmark is single-threaded.
+        let figures = speed_layer::bench::run(files, *flush_every, &cfg)?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async_main(cli.command, cfg))
+}
+
+async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Run => run(Arc::new(cfg)).await,
+        Command::Replay {
+            data,
+            speed,
+            shift,
+            limit,
+        } => {
+            let summary = replay::run(
+                &cfg,
+                &ReplayOptions {
+                    data,
+                    speed,
+                    shift,
+                    limit,
+                },
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::ReplaySpill => {
+            let dirs = SinkDirs::under(&cfg.state_dir);
+            let (files, rows) = clickhouse_sink::replay_spill(&cfg.clickhouse, &dirs.spill)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{{\"files\": {files}, \"rows\": {rows}}}");
+            Ok(())
+        }
+        Command::Status { wait, timeout } => {
+            let s = if wait {
+                speed_layer::status::wait_settled(&cfg, std::time::Duration::from_secs(timeout))
+                    .await?
+            } else {
+                speed_layer::status::read(&cfg).await?
+            };
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(())
+        }
+        Command::Migrate => {
+            let k = &cfg.kafka;
+            common::kafka::create_topics(
+                k,
+                &[&k.traffic_topic, &k.effects_topic, &k.dlq_topic],
+                k.partitions,
+            )
+            .await?;
+            let pool = common::db::pool(&cfg.mysql)?;
+            common::db::migrate(&pool).await.context("MySQL schema")?;
+            if cfg.clickhouse.enabled {
+                clickhouse_sink::migrate(&cfg.clickhouse)
+                    .await
+                    .context("ClickHouse schema")?;
+            }
+            Ok(())
+        }
+        Command::Bench { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
+    let addr = common::telemetry::listen_addr("speed.metrics_listen", &cfg.speed.metrics_listen)?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .context("prometheus exporter")?;
+    let shutdown = common::shutdown::on_signal();
+    let pool = common::db::pool(&cfg.mysql)?;
+    let dims = DimCache::new(
+        pool.clone(),
+        cfg.speed.dims_cache_capacity,
+        cfg.speed.dims_cache_ttl,
+    );
+    let redis = redis::Client::open(cfg.redis.url.expose()).context("redis.url")?;
+    let redis = redis::aio::ConnectionManager::new(redis)
+        .await
+        .context("connecting to Redis")?;
+    let producer = common::kafka::producer_config(&cfg.kafka)
+        .create()
+        .context("kafka producer")?;
+    let sink_stop = CancellationToken::new();
+    let (sink, mut sink_tasks) = if cfg.clickhouse.enabled {
+        clickhouse_sink::migrate(&cfg.clickhouse)
+            .await
+            .context("ClickHouse schema (set clickhouse.enabled = false to run without)")?;
+        let (h, set) = clickhouse_sink::start(
+            cfg.clickhouse.clone(),
+            SinkDirs::under(&cfg.state_dir),
+            sink_stop.clone(),
+        )
+        .await?;
+        (Some(h), set)
+    } else {
+        (None, tokio::task::JoinSet::new())
+    };
+    let shared = Shared {
+        cfg: Arc::clone(&cfg),
+        keys: Keys::new(&cfg.redis.key_prefix),
+        redis,
+        dims,
+        producer,
+        sink,
+    };
+    let result = speed_layer::consumer::run(Arc::clone(&cfg), shared, shutdown).await;
+    // Partitions have drained; let the sink seal and insert its last batch.
+    sink_stop.cancel();
+    while sink_tasks.join_next().await.is_some() {}
+    pool.disconnect().await.ok();
+    result
+}

@@ -1,0 +1,348 @@
+//! The task that owns one partition number `p` of both input topics: it decodes and
+//! validates messages, dead-letters rejects, resolves dimensions, runs the
+//! [`Processor`], and flushes closed windows with their offsets to Redis.
+//!
+//! It ends when the partition is revoked (without writing: the next owner resumes from
+//! the offsets in Redis), when another instance fences it, or at shutdown (after a
+//! final flush that closes every open window).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use common::config::{Config, duration_ms};
+use common::day::now_ms;
+use common::decode::{Limits, RejectReason, Rejection, decode};
+use common::event::TopicKind;
+use common::kafka::DlqSource;
+use common::redis_keys::Keys;
+use common::telemetry::{
+    CLICKS_TRACKED, DUPLICATES_DROPPED, EFFECTS_ATTRIBUTED, EFFECTS_PENDING, EVENTS_CONSUMED,
+    EVENTS_PROCESSED, FLUSHES_FENCED, LATE_EVENTS, WATERMARK_LAG, WINDOW_FLUSH_DURATION,
+    WINDOWS_CLOSED,
+};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::clickhouse_sink::SinkHandle;
+use crate::dims::DimCache;
+use crate::dlq::{DeadLetters, DlqError};
+use crate::pipeline::processor::{Outcome, Processor, ProcessorConfig, Stats};
+use crate::state::{self, Ownership, StateError, Ttls};
+
+/// A message handed from the consumer to its partition task.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Which input topic.
+    pub topic: TopicKind,
+    /// Offset in its partition.
+    pub offset: i64,
+    /// Message key (the user id).
+    pub key: Option<Vec<u8>>,
+    /// Payload; `None` for a tombstone.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What every partition task of an instance shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// Redis key builder.
+    pub keys: Keys,
+    /// Redis connection (multiplexed, reconnecting).
+    pub redis: redis::aio::ConnectionManager,
+    /// Dimension caches.
+    pub dims: DimCache,
+    /// Producer for dead letters.
+    pub producer: FutureProducer,
+    /// ClickHouse sink, when enabled.
+    pub sink: Option<SinkHandle>,
+}
+
+/// Why a partition task stopped with an error. Each is fatal for the instance: the
+/// process exits and restarts from the state in Redis (crash-only).
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    /// Redis state could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A dead letter could not be delivered.
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+    /// The ClickHouse sink refused rows (its journal could not be written).
+    #[error("clickhouse sink: {0}")]
+    Sink(String),
+}
+
+/// How a partition task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Revoked or its channel closed; nothing written after the last flush.
+    Released,
+    /// Another instance owns the partition now.
+    Fenced,
+    /// Shutdown: open windows were flushed.
+    Drained,
+}
+
+struct Task {
+    shared: Shared,
+    own: Ownership,
+    proc: Processor,
+    dlq: DeadLetters,
+    limits: Limits,
+    ttl: Ttls,
+    last_msg: [Instant; 2],
+    last_flush: Instant,
+    unflushed: usize,
+    reported: Stats,
+}
+
+/// Runs the task of partition `own.partition` until revoked (`stop`), fenced, or
+/// shut down (`shutdown`, with a final flush).
+///
+/// # Errors
+///
+/// [`PartitionError`] when state cannot be loaded or written, or a dead letter is
+/// lost; the instance should exit and restart.
+pub async fn run(
+    shared: Shared,
+    own: Ownership,
+    mut rx: mpsc::Receiver<Inbound>,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<Ended, PartitionError> {
+    let p = own.partition;
+    let span = tracing::info_span!("partition", partition = p, epoch = own.epoch);
+    async move {
+        let pcfg = ProcessorConfig::from_config(p, &shared.cfg);
+        let mut conn = shared.redis.clone();
+        let load = || {
+            let mut c = conn.clone();
+            let keys = shared.keys.clone();
+            async move { state::load(&mut c, &keys, &own, pcfg).await }
+        };
+        let proc = load.retry(backoff()).when(StateError::is_retriable).await?;
+        tracing::info!(clicks = proc.clicks_len(), pending = proc.pending_len(), open_windows = proc.open_windows(),
+            next_offsets = ?proc.next_offsets(), "partition state loaded");
+        conn = shared.redis.clone();
+        drop(conn);
+        let mut task = Task {
+            dlq: DeadLetters::new(shared.producer.clone(), &shared.cfg.kafka.dlq_topic, "speed-layer"),
+            limits: shared.cfg.validation.limits(),
+            ttl: Ttls::from_config(&shared.cfg),
+            shared,
+            own,
+            proc,
+            last_msg: [Instant::now(); 2],
+            last_flush: Instant::now(),
+            unflushed: 0,
+            reported: Stats::default(),
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = Vec::with_capacity(2048);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ok(Ended::Released),
+                () = shutdown.cancelled() => {
+                    return match task.flush(true).await {
+                        Err(PartitionError::State(StateError::Fenced(_))) => Ok(Ended::Fenced),
+                        Err(e) => Err(e),
+                        Ok(()) => Ok(Ended::Drained),
+                    };
+                }
+                n = rx.recv_many(&mut buf, 2048) => {
+                    if n == 0 {
+                        return Ok(Ended::Released);
+                    }
+                    task.handle(&mut buf).await?;
+                }
+                _ = tick.tick() => {}
+            }
+            match task.maybe_flush().await {
+                Err(PartitionError::State(StateError::Fenced(_))) => {
+                    metrics::counter!(FLUSHES_FENCED).increment(1);
+                    tracing::warn!("fenced: another instance owns this partition; stopping without writing");
+                    return Ok(Ended::Fenced);
+                }
+                other => other?,
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(usize::MAX)
+        .with_jitter()
+}
+
+impl Task {
+    async fn handle(&mut self, buf: &mut Vec<Inbound>) -> Result<(), PartitionError> {
+        let now = now_ms();
+        self.proc.set_now(now);
+        let next = self.proc.next_offsets();
+        // Messages below the next offset were processed before (a re-fetch): skip.
+        buf.retain(|m| next[m.topic.index()].is_none_or(|n| m.offset >= n));
+        let decoded: Vec<Result<common::event::Event<'_>, Rejection>> = buf
+            .iter()
+            .map(|m| match &m.payload {
+                Some(p) => decode(p, m.topic, now, &self.limits),
+                None => Err(Rejection::new(
+                    RejectReason::NotJson,
+                    "empty message (tombstone)",
+                )),
+            })
+            .collect();
+        let dims = (|| {
+            self.shared
+                .dims
+                .resolve(decoded.iter().filter_map(|d| d.as_ref().ok()))
+        })
+        .retry(backoff())
+        .notify(
+            |e, d| tracing::warn!(error = %e, retry_in = ?d, "dimension lookup failed; retrying"),
+        )
+        .await
+        .map_err(|e| PartitionError::Sink(format!("unreachable: retries never end: {e}")))?;
+        let p = self.own.partition;
+        let mut consumed = [0_u64; 2];
+        for (m, d) in buf.iter().zip(&decoded) {
+            consumed[m.topic.index()] += 1;
+            self.last_msg[m.topic.index()] = Instant::now();
+            let outcome = match d {
+                Ok(e) => self.proc.process(m.topic, m.offset, e, &dims),
+                Err(r) => Outcome::Rejected(r.clone()),
+            };
+            if let Outcome::Rejected(r) = outcome {
+                let topic = self.shared.cfg.kafka.topic(m.topic).to_owned();
+                let src = DlqSource {
+                    topic: &topic,
+                    partition: p,
+                    offset: m.offset,
+                    stage: "speed-layer",
+                };
+                self.dlq
+                    .send(
+                        m.key.as_deref(),
+                        m.payload.as_deref().unwrap_or_default(),
+                        &r,
+                        &src,
+                        now,
+                    )
+                    .await?;
+            }
+            self.proc.consumed(m.topic, m.offset);
+        }
+        self.unflushed += buf.len();
+        drop(decoded);
+        buf.clear();
+        for t in TopicKind::ALL {
+            if consumed[t.index()] > 0 {
+                metrics::counter!(EVENTS_CONSUMED, "topic" => t.as_str())
+                    .increment(consumed[t.index()]);
+            }
+        }
+        if let Some(sink) = &self.shared.sink {
+            let rows = self.proc.take_details();
+            if !rows.is_empty() {
+                sink.push(rows).await.map_err(PartitionError::Sink)?;
+            }
+        }
+        self.report();
+        Ok(())
+    }
+
+    /// Publishes the processor's counters as metrics (deltas since the last report).
+    fn report(&mut self) {
+        let s = self.proc.stats();
+        let r = self.reported;
+        for t in TopicKind::ALL {
+            let i = t.index();
+            metrics::counter!(EVENTS_PROCESSED, "topic" => t.as_str())
+                .increment(s.accepted[i] - r.accepted[i]);
+        }
+        metrics::counter!(DUPLICATES_DROPPED).increment(s.duplicates - r.duplicates);
+        metrics::counter!(LATE_EVENTS).increment(s.late - r.late);
+        for (i, name) in ["direct", "indirect", "none"].into_iter().enumerate() {
+            metrics::counter!(EFFECTS_ATTRIBUTED, "attribution" => name)
+                .increment(s.attributed[i] - r.attributed[i]);
+        }
+        self.reported = s;
+    }
+
+    async fn maybe_flush(&mut self) -> Result<(), PartitionError> {
+        let cfg = &self.shared.cfg.speed;
+        let now = now_ms();
+        let floor = now - duration_ms(cfg.out_of_orderness);
+        for t in TopicKind::ALL {
+            if self.last_msg[t.index()].elapsed() >= cfg.idle_timeout {
+                self.proc.advance_idle(t, floor);
+            }
+        }
+        let since = self.last_flush.elapsed();
+        let due = (self.proc.has_closed_windows() && since >= cfg.min_flush_interval)
+            || (self.unflushed > 0 && since >= cfg.min_flush_interval * 10);
+        if due { self.flush(false).await } else { Ok(()) }
+    }
+
+    async fn flush(&mut self, close_all: bool) -> Result<(), PartitionError> {
+        let started = Instant::now();
+        self.dlq.drain().await?;
+        if let Some(sink) = &self.shared.sink {
+            // Detail rows of everything consumed so far must be durable before the
+            // offsets that cover them are.
+            sink.barrier().await.map_err(PartitionError::Sink)?;
+        }
+        let flush = self.proc.take_flush(close_all);
+        let windows = flush.closed.len();
+        let now = now_ms();
+        let keys = self.shared.keys.clone();
+        let ttl = self.ttl;
+        let mut own = self.own;
+        let conn = self.shared.redis.clone();
+        let flush_ref = &flush;
+        let write = || {
+            let mut c = conn.clone();
+            let keys = keys.clone();
+            let mut o = own;
+            async move {
+                state::write_flush(&mut c, &keys, &mut o, flush_ref, now, ttl)
+                    .await
+                    .map(|()| o)
+            }
+        };
+        own = write
+            .retry(backoff())
+            .when(StateError::is_retriable)
+            .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, "flush failed; retrying"))
+            .await?;
+        self.own = own;
+        self.last_flush = Instant::now();
+        self.unflushed = 0;
+        let secs = started.elapsed().as_secs_f64();
+        metrics::histogram!(WINDOW_FLUSH_DURATION).record(secs);
+        metrics::counter!(WINDOWS_CLOSED).increment(windows as u64);
+        let p = self.own.partition.to_string();
+        #[allow(clippy::cast_precision_loss)] // gauges
+        {
+            metrics::gauge!(EFFECTS_PENDING, "partition" => p.clone())
+                .set(self.proc.pending_len() as f64);
+            metrics::gauge!(CLICKS_TRACKED, "partition" => p.clone())
+                .set(self.proc.clicks_len() as f64);
+            let lag_s = (now - self.proc.watermark()) as f64 / 1000.0;
+            metrics::gauge!(WATERMARK_LAG, "partition" => p).set(lag_s.max(0.0));
+        }
+        tracing::debug!(windows, seconds = secs, next_offsets = ?self.proc.next_offsets(), "flushed");
+        Ok(())
+    }
+}

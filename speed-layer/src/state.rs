@@ -1,0 +1,569 @@
+//! A partition's results and state in Redis: taking ownership (epoch), loading the
+//! state a [`Processor`] restarts from, and writing a [`Flush`] atomically.
+//!
+//! Key layout: [`common::redis_keys`]. Every key of partition `p` shares one hash
+//! tag, so the flush script is valid on Redis Cluster too.
+//!
+//! # The flush script
+//!
+//! One `EVALSHA` per flush. It first checks that the caller still owns the partition
+//! (its epoch is current) and that the flush sequence number is the one it expects,
+//! then applies every write. A flush whose reply was lost is retried with the same
+//! sequence number and answered `ALREADY`, so a retry never applies twice.
+
+use std::collections::BTreeMap;
+
+use common::counters::{Counters, Measure};
+use common::day::{DayNum, date_of};
+use common::event::{DAY_MS, TopicKind};
+use common::redis_keys::{AS_OF_FIELD, Keys, UvScope, field};
+use redis::aio::ConnectionLike;
+use rustc_hash::FxHashMap;
+
+use crate::pipeline::clicks::StoredClick;
+use crate::pipeline::dedup::Dedup;
+use crate::pipeline::processor::{Flush, PendingEffect, Processor, ProcessorConfig, Snapshot};
+
+/// Most arguments one command of the script takes (Lua's `unpack` has a stack limit).
+const MAX_ARGS_PER_OP: usize = 1_000;
+
+const FLUSH_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED partition is owned by a newer epoch')
+end
+local seq = redis.call('HGET', KEYS[2], 'flush_seq') or '0'
+if seq == ARGV[3] then return 'ALREADY' end
+if seq ~= ARGV[2] then
+  return redis.error_reply('CONFLICT flush_seq is ' .. seq .. ', expected ' .. ARGV[2])
+end
+redis.call('HSET', KEYS[2], 'flush_seq', ARGV[3])
+local i = 4
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 2])
+  redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + n))
+  i = i + 3 + n
+end
+return 'OK'
+";
+
+/// Errors of state I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Another instance took the partition (its epoch is newer): stop, write nothing.
+    #[error("partition {0} is fenced: another instance owns it now")]
+    Fenced(i32),
+    /// Redis holds another flush sequence than this process wrote last: Redis lost
+    /// acknowledged writes (or a second writer exists). The partition must restart
+    /// from the offsets stored in Redis.
+    #[error("partition {partition}: Redis state diverged from this process ({detail})")]
+    Diverged {
+        /// Partition.
+        partition: i32,
+        /// Redis's message.
+        detail: String,
+    },
+    /// Redis failed (retriable).
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Stored state does not decode.
+    #[error("partition {partition}: stored state does not decode: {source}")]
+    Corrupt {
+        /// Partition.
+        partition: i32,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StateError {
+    /// True for failures a retry may cure (Redis down, timeouts).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, StateError::Redis(_))
+    }
+}
+
+/// What a new owner reads first: its epoch and where to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ownership {
+    /// The partition.
+    pub partition: i32,
+    /// This owner's fencing token.
+    pub epoch: i64,
+    /// Flush sequence number stored with the offsets.
+    pub flush_seq: i64,
+    /// Next offset per topic (traffic, effects), if any was stored.
+    pub next_offsets: [Option<i64>; 2],
+}
+
+fn parse_ownership(partition: i32, epoch: i64, off: &BTreeMap<String, i64>) -> Ownership {
+    Ownership {
+        partition,
+        epoch,
+        flush_seq: off.get("flush_seq").copied().unwrap_or(0),
+        next_offsets: [
+            off.get(TopicKind::Traffic.as_str()).copied(),
+            off.get(TopicKind::Effects.as_str()).copied(),
+        ],
+    }
+}
+
+/// Takes ownership of `partition` (blocking client; used in the rebalance callback,
+/// which must decide the start offsets before it returns).
+///
+/// # Errors
+///
+/// [`StateError::Redis`] when Redis does not answer.
+pub fn acquire_blocking(
+    conn: &mut redis::Connection,
+    keys: &Keys,
+    partition: i32,
+) -> Result<Ownership, StateError> {
+    let epoch: i64 = redis::cmd("INCR").arg(keys.epoch(partition)).query(conn)?;
+    let off: BTreeMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.offsets(partition))
+        .query(conn)?;
+    Ok(parse_ownership(partition, epoch, &off))
+}
+
+/// Async variant of [`acquire_blocking`].
+///
+/// # Errors
+///
+/// [`StateError::Redis`] when Redis does not answer.
+pub async fn acquire<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    partition: i32,
+) -> Result<Ownership, StateError> {
+    let epoch: i64 = redis::cmd("INCR")
+        .arg(keys.epoch(partition))
+        .query_async(conn)
+        .await?;
+    let off: BTreeMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.offsets(partition))
+        .query_async(conn)
+        .await?;
+    Ok(parse_ownership(partition, epoch, &off))
+}
+
+/// Loads the state of a partition this process owns and builds its processor.
+///
+/// # Errors
+///
+/// [`StateError::Redis`] or [`StateError::Corrupt`].
+pub async fn load<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    own: &Ownership,
+    cfg: ProcessorConfig,
+) -> Result<Processor, StateError> {
+    let p = own.partition;
+    let corrupt = |source| StateError::Corrupt {
+        partition: p,
+        source,
+    };
+    let open: Option<String> = redis::cmd("GET")
+        .arg(keys.open_windows(p))
+        .query_async(conn)
+        .await?;
+    let snapshot: Option<Snapshot> = open
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(corrupt)?;
+    let mut clicks = Vec::new();
+    let mut seen = Vec::new();
+    if let Some(s) = &snapshot {
+        let newest_traffic = s.max_ts[TopicKind::Traffic.index()];
+        if newest_traffic > i64::MIN {
+            let last = newest_traffic.div_euclid(DAY_MS);
+            let first = last - cfg.rules.lookback_ms / DAY_MS - 2;
+            for day in first..=last + 1 {
+                let blobs: Vec<String> = redis::cmd("LRANGE")
+                    .arg(keys.clicks(p, day_num(day)))
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(conn)
+                    .await?;
+                for b in blobs {
+                    let batch: Vec<StoredClick> = serde_json::from_str(&b).map_err(corrupt)?;
+                    clicks.extend(batch);
+                }
+            }
+        }
+        let newest = s.max_ts[0].max(s.max_ts[1]);
+        if newest > i64::MIN {
+            let last = Dedup::hour_of(newest);
+            let horizon = Dedup::new(cfg.dedup_horizon_ms).horizon_hours();
+            for hour in last - horizon - 1..=last + 1 {
+                let ids: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+                    .arg(keys.seen(p, hour))
+                    .query_async(conn)
+                    .await?;
+                let ids: Vec<u64> = ids
+                    .iter()
+                    .filter_map(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                    .map(u64::from_le_bytes)
+                    .collect();
+                if !ids.is_empty() {
+                    seen.push((hour, ids));
+                }
+            }
+        }
+    }
+    let pend: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys.pending(p))
+        .query_async(conn)
+        .await?;
+    let pending: Vec<PendingEffect> = pend
+        .values()
+        .map(|v| serde_json::from_str(v))
+        .collect::<Result<_, _>>()
+        .map_err(corrupt)?;
+    Ok(Processor::restore(
+        cfg,
+        snapshot,
+        clicks,
+        pending,
+        seen,
+        own.next_offsets,
+    ))
+}
+
+fn day_num(day: i64) -> DayNum {
+    DayNum::try_from(day).unwrap_or(0)
+}
+
+/// Time-to-live settings of the keys a flush writes, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttls {
+    /// Result hashes and HyperLogLogs.
+    pub results_s: i64,
+    /// Click logs.
+    pub clicks_s: i64,
+    /// Dedup sets.
+    pub seen_s: i64,
+}
+
+impl Ttls {
+    /// From the configuration.
+    pub fn from_config(cfg: &common::config::Config) -> Self {
+        let s = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Ttls {
+            results_s: s(cfg.speed.result_ttl),
+            clicks_s: s(cfg.attribution.lookback) + 3 * 86_400,
+            seen_s: s(cfg.speed.dedup_horizon) + 2 * 3_600,
+        }
+    }
+}
+
+/// Builds the script's KEYS and ARGV.
+struct ScriptOps {
+    keys: Vec<String>,
+    index: FxHashMap<String, usize>,
+    args: Vec<Vec<u8>>,
+}
+
+impl ScriptOps {
+    fn new(epoch: i64, flush_seq: i64, fixed_keys: [String; 2]) -> Self {
+        let mut ops = ScriptOps {
+            keys: Vec::new(),
+            index: FxHashMap::default(),
+            args: Vec::new(),
+        };
+        for k in fixed_keys {
+            ops.key(&k);
+        }
+        ops.args.push(epoch.to_string().into_bytes());
+        ops.args.push(flush_seq.to_string().into_bytes());
+        ops.args.push((flush_seq + 1).to_string().into_bytes());
+        ops
+    }
+
+    fn key(&mut self, k: &str) -> usize {
+        if let Some(&i) = self.index.get(k) {
+            return i;
+        }
+        self.keys.push(k.to_owned());
+        let i = self.keys.len(); // Lua arrays are 1-based
+        self.index.insert(k.to_owned(), i);
+        i
+    }
+
+    fn op(&mut self, cmd: &str, key: &str, args: Vec<Vec<u8>>) {
+        let k = self.key(key);
+        for chunk in args.chunks(MAX_ARGS_PER_OP) {
+            self.args.push(cmd.as_bytes().to_vec());
+            self.args.push(k.to_string().into_bytes());
+            self.args.push(chunk.len().to_string().into_bytes());
+            self.args.extend(chunk.iter().cloned());
+        }
+    }
+}
+
+fn num(v: impl ToString) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+/// Sums closed windows into per advertiser-day writes.
+#[derive(Default)]
+struct Totals {
+    /// (advertiser, day) -> ad -> counters.
+    by_ad: BTreeMap<(i64, DayNum), BTreeMap<i64, Counters>>,
+    /// (advertiser, day) -> window start -> counters summed over ads.
+    series: BTreeMap<(i64, DayNum), BTreeMap<i64, Counters>>,
+    /// (scope, day) -> user hashes.
+    users: BTreeMap<(UvScope, DayNum), Vec<u64>>,
+}
+
+fn totals(flush: &Flush) -> Totals {
+    let mut t = Totals::default();
+    for (start, w) in &flush.closed {
+        for (k, c) in &w.counters {
+            *t.by_ad
+                .entry((k.advertiser_id, k.day))
+                .or_default()
+                .entry(k.ad_id)
+                .or_default() += c;
+            *t.series
+                .entry((k.advertiser_id, k.day))
+                .or_default()
+                .entry(*start)
+                .or_default() += c;
+        }
+        for u in &w.users {
+            t.users.entry((u.scope, u.day)).or_default().push(u.user);
+        }
+    }
+    for users in t.users.values_mut() {
+        users.sort_unstable();
+        users.dedup();
+    }
+    t
+}
+
+/// Builds the flush script's arguments: results of closed windows, offsets, and
+/// state changes.
+fn build_ops(keys: &Keys, own: &Ownership, flush: &Flush, now_ms: i64, ttl: Ttls) -> ScriptOps {
+    let p = own.partition;
+    let mut ops = ScriptOps::new(own.epoch, own.flush_seq, [keys.epoch(p), keys.offsets(p)]);
+    let t = totals(flush);
+    for ((adv, day), ads) in &t.by_ad {
+        let key = keys.metrics(p, *adv, date_of(*day));
+        for (ad, c) in ads {
+            for (m, v) in c.non_zero() {
+                ops.op("HINCRBY", &key, vec![num(field(*ad, m.name())), num(v)]);
+            }
+        }
+        ops.op(
+            "HSET",
+            &key,
+            vec![AS_OF_FIELD.as_bytes().to_vec(), num(now_ms)],
+        );
+        ops.op("EXPIRE", &key, vec![num(ttl.results_s)]);
+    }
+    for ((adv, day), windows) in &t.series {
+        let key = keys.series(p, *adv, date_of(*day));
+        for (start, c) in windows {
+            for (m, v) in c.non_zero() {
+                if matches!(
+                    m,
+                    Measure::Exposures | Measure::Clicks | Measure::CostMicros
+                ) || m.name().contains("direct")
+                {
+                    ops.op("HINCRBY", &key, vec![num(field(*start, m.name())), num(v)]);
+                }
+            }
+        }
+        ops.op("EXPIRE", &key, vec![num(ttl.results_s)]);
+    }
+    for ((scope, day), users) in &t.users {
+        let key = keys.uv(p, date_of(*day), *scope);
+        ops.op(
+            "PFADD",
+            &key,
+            users.iter().map(|u| u.to_le_bytes().to_vec()).collect(),
+        );
+        ops.op("EXPIRE", &key, vec![num(ttl.results_s)]);
+    }
+    let mut offsets = Vec::new();
+    for topic in TopicKind::ALL {
+        if let Some(o) = flush.next_offsets[topic.index()] {
+            offsets.push(topic.as_str().as_bytes().to_vec());
+            offsets.push(num(o));
+        }
+    }
+    if !offsets.is_empty() {
+        ops.op("HSET", &keys.offsets(p), offsets);
+    }
+    if let Some(s) = &flush.snapshot {
+        // Serialising plain data cannot fail.
+        ops.op(
+            "SET",
+            &keys.open_windows(p),
+            vec![serde_json::to_vec(s).expect("snapshot serialises")],
+        );
+    }
+    let mut clicks_by_day: BTreeMap<i64, Vec<&StoredClick>> = BTreeMap::new();
+    for c in &flush.new_clicks {
+        clicks_by_day
+            .entry(c.click.ts.div_euclid(DAY_MS))
+            .or_default()
+            .push(c);
+    }
+    for (day, clicks) in clicks_by_day {
+        let key = keys.clicks(p, day_num(day));
+        ops.op(
+            "RPUSH",
+            &key,
+            vec![serde_json::to_vec(&clicks).expect("clicks serialise")],
+        );
+        ops.op("EXPIRE", &key, vec![num(ttl.clicks_s)]);
+    }
+    if !flush.pending_added.is_empty() {
+        let mut args = Vec::new();
+        for e in &flush.pending_added {
+            args.push(num(e.seq));
+            args.push(serde_json::to_vec(e).expect("pending effect serialises"));
+        }
+        ops.op("HSET", &keys.pending(p), args);
+    }
+    if !flush.pending_removed.is_empty() {
+        ops.op(
+            "HDEL",
+            &keys.pending(p),
+            flush.pending_removed.iter().map(num).collect(),
+        );
+    }
+    let mut seen_by_hour: BTreeMap<i64, Vec<Vec<u8>>> = BTreeMap::new();
+    for (hour, id) in &flush.seen_added {
+        seen_by_hour
+            .entry(*hour)
+            .or_default()
+            .push(id.to_le_bytes().to_vec());
+    }
+    for (hour, ids) in seen_by_hour {
+        let key = keys.seen(p, hour);
+        ops.op("SADD", &key, ids);
+        ops.op("EXPIRE", &key, vec![num(ttl.seen_s)]);
+    }
+    ops
+}
+
+/// Writes `flush` for the partition owned by `own`, atomically, and advances
+/// `own.flush_seq`. Safe to retry with the same `own` and `flush` after an error.
+///
+/// # Errors
+///
+/// [`StateError::Fenced`] when another instance owns the partition now,
+/// [`StateError::Diverged`] when Redis lost writes, [`StateError::Redis`] otherwise.
+pub async fn write_flush<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    own: &mut Ownership,
+    flush: &Flush,
+    now_ms: i64,
+    ttl: Ttls,
+) -> Result<(), StateError> {
+    let ops = build_ops(keys, own, flush, now_ms, ttl);
+    let script = redis::Script::new(FLUSH_SCRIPT);
+    let mut inv = script.prepare_invoke();
+    for k in &ops.keys {
+        inv.key(k);
+    }
+    for a in &ops.args {
+        inv.arg(a.as_slice());
+    }
+    match inv.invoke_async::<String>(conn).await {
+        Ok(_) => {
+            own.flush_seq += 1;
+            Ok(())
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.contains("FENCED") {
+                Err(StateError::Fenced(own.partition))
+            } else if msg.contains("CONFLICT") {
+                Err(StateError::Diverged {
+                    partition: own.partition,
+                    detail: msg,
+                })
+            } else {
+                Err(StateError::Redis(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::windows::{AdDay, UvEntry, Window};
+
+    #[test]
+    fn one_flush_touches_one_hash_slot_and_sums_windows() {
+        let keys = Keys::new("am");
+        let own = Ownership {
+            partition: 5,
+            epoch: 3,
+            flush_seq: 7,
+            next_offsets: [Some(10), None],
+        };
+        let mut w1 = Window::default();
+        let mut c = Counters::ZERO;
+        c[Measure::Clicks] = 2;
+        w1.counters.insert(
+            AdDay {
+                advertiser_id: 1,
+                ad_id: 11,
+                day: 20_000,
+            },
+            c,
+        );
+        w1.users.insert(UvEntry {
+            scope: UvScope::Ad(11),
+            day: 20_000,
+            user: 42,
+        });
+        let w2 = w1.clone();
+        let flush = Flush {
+            closed: vec![(0, w1), (10_000, w2)],
+            next_offsets: [Some(10), Some(4)],
+            ..Flush::default()
+        };
+        let ops = build_ops(
+            &keys,
+            &own,
+            &flush,
+            1_000,
+            Ttls {
+                results_s: 1,
+                clicks_s: 1,
+                seen_s: 1,
+            },
+        );
+        assert!(
+            ops.keys.iter().all(|k| k.contains("{am:p5}")),
+            "{:?}",
+            ops.keys
+        );
+        let args: Vec<String> = ops
+            .args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let pos = args.iter().position(|a| a == "11:clicks").unwrap();
+        assert_eq!(
+            args[pos + 1],
+            "4",
+            "two windows' clicks summed into one HINCRBY"
+        );
+        assert_eq!(&args[..3], &["3", "7", "8"]);
+        let pfadd = args.iter().position(|a| a == "PFADD").unwrap();
+        assert_eq!(
+            args[pfadd + 2],
+            "1",
+            "the same user in two windows is added once"
+        );
+    }
+}
