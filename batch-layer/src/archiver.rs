@@ -1,0 +1,350 @@
+//! The archiver: a consumer group of its own on both input topics that writes every
+//! valid event to Parquet in the object store, and commits Kafka offsets only after
+//! the upload succeeded (the design brief, "Batch layer").
+//!
+//! One task consumes, buffers per (topic, partition), and uploads inline, so a
+//! rebalance callback (which runs inside `recv`) never races an upload of this
+//! instance: on revocation, buffered rows are dropped uncommitted and the next owner
+//! re-reads them.
+//!
+//! # Idempotent batches
+//!
+//! A batch is the partition's messages from the committed offset `first` to `last`.
+//! Before uploading, the archiver records an *intent* (`_intents/...`: the batch's
+//! range and file paths). After a crash, the intent of an uncommitted batch (its
+//! `first` is at or after the committed offset) names files that may exist; they are
+//! deleted before consuming again, since the new batch may be cut elsewhere. Files of
+//! a committed batch are never touched again. The archive thus holds every event of
+//! the topic exactly once, whatever is killed when.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, NaiveDate, Timelike};
+use common::config::Config;
+use common::decode::{Limits, decode};
+use common::event::TopicKind;
+use common::telemetry::{ARCHIVE_FILES_WRITTEN, ARCHIVE_ROWS_WRITTEN};
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::layout;
+use crate::archive::schema::{ArchivedEvent, encode_parquet};
+use crate::archive::store::Archive;
+
+/// Rows per Parquet row group.
+const ROW_GROUP_ROWS: usize = 65_536;
+
+/// A batch in flight, as recorded before its upload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Intent {
+    /// First offset of the batch.
+    pub first: i64,
+    /// Last offset of the batch.
+    pub last: i64,
+    /// Files the batch writes.
+    pub files: Vec<String>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    rows: Vec<ArchivedEvent>,
+    first: Option<i64>,
+    last: i64,
+    since: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Change {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+struct ArchiverContext {
+    changes: Arc<Mutex<Vec<Change>>>,
+}
+
+impl ClientContext for ArchiverContext {}
+
+fn parts(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for ArchiverContext {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            self.changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Change::Revoked(parts(tpl)));
+        }
+    }
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            self.changes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Change::Assigned(parts(tpl)));
+        }
+    }
+}
+
+/// Runs the archiver until `shutdown` (then uploads and commits what it holds).
+///
+/// # Errors
+///
+/// When Kafka or the object store fail beyond retries.
+pub async fn run(
+    cfg: Arc<Config>,
+    archive: Archive,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let consumer: StreamConsumer<ArchiverContext> =
+        common::kafka::consumer_config(&cfg.kafka, &cfg.batch.group_id)
+            .create_with_context(ArchiverContext {
+                changes: Arc::clone(&changes),
+            })
+            .context("kafka consumer")?;
+    consumer
+        .subscribe(&[&cfg.kafka.traffic_topic, &cfg.kafka.effects_topic])
+        .context("subscribe")?;
+    tracing::info!(group = %cfg.batch.group_id, url = %cfg.batch.archive_url, "archiver consuming");
+    // Archive everything that parses; age limits are the speed layer's concern.
+    let limits = Limits {
+        max_age_ms: i64::MAX,
+        max_future_ms: i64::MAX / 4,
+        ..cfg.validation.limits()
+    };
+    let mut buffers: HashMap<(String, i32), Buffer> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            msg = consumer.recv() => {
+                apply_changes(&changes, &archive, &consumer, &mut buffers).await?;
+                let m = match msg {
+                    Ok(m) => m,
+                    Err(e) => { tracing::warn!(error = %e, "kafka consumer error"); continue; }
+                };
+                let Some(topic) = cfg.kafka.topic_kind(m.topic()) else { continue };
+                let key = (m.topic().to_owned(), m.partition());
+                let Some(buf) = buffers.get_mut(&key) else { continue };
+                if buf.first.is_none() {
+                    buf.first = Some(m.offset());
+                    buf.since = Some(Instant::now());
+                }
+                buf.last = m.offset();
+                match m.payload().map(|p| decode(p, topic, 0, &limits)) {
+                    Some(Ok(e)) => buf.rows.push(ArchivedEvent { event: e.into_owned(), partition: m.partition(), offset: m.offset() }),
+                    // Invalid messages are the DLQ's (the speed layer sends them there).
+                    _ => metrics::counter!("admetrics_archive_invalid_skipped_total", "topic" => topic.as_str()).increment(1),
+                }
+                if buf.rows.len() >= cfg.batch.archive_max_rows {
+                    flush(&archive, &consumer, &key, buf).await?;
+                }
+            }
+            _ = tick.tick() => {
+                apply_changes(&changes, &archive, &consumer, &mut buffers).await?;
+                for (key, buf) in &mut buffers {
+                    if buf.since.is_some_and(|t| t.elapsed() >= cfg.batch.archive_max_age) {
+                        flush(&archive, &consumer, key, buf).await?;
+                    }
+                }
+            }
+        }
+    }
+    for (key, buf) in &mut buffers {
+        flush(&archive, &consumer, key, buf).await?;
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+async fn apply_changes(
+    changes: &Mutex<Vec<Change>>,
+    archive: &Archive,
+    consumer: &StreamConsumer<ArchiverContext>,
+    buffers: &mut HashMap<(String, i32), Buffer>,
+) -> anyhow::Result<()> {
+    let pending = std::mem::take(&mut *changes.lock().unwrap_or_else(PoisonError::into_inner));
+    for c in pending {
+        match c {
+            Change::Revoked(ps) => {
+                for p in ps {
+                    // Uncommitted rows are re-read by the next owner.
+                    buffers.remove(&p);
+                }
+            }
+            Change::Assigned(ps) => {
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in &ps {
+                    tpl.add_partition(t, *p);
+                }
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(10))
+                    .context("committed offsets")?;
+                for e in committed.elements() {
+                    let from = match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    };
+                    clean_uncommitted(archive, e.topic(), e.partition(), from).await?;
+                    buffers.insert((e.topic().to_owned(), e.partition()), Buffer::default());
+                }
+                tracing::info!(partitions = ?ps, "archiving partitions");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the files of a batch that was recorded but not committed.
+async fn clean_uncommitted(
+    archive: &Archive,
+    topic: &str,
+    partition: i32,
+    committed: i64,
+) -> anyhow::Result<()> {
+    let path = layout::intent_path(&archive.root, topic, partition);
+    let intent: Intent = match archive.store.get(&path).await {
+        Ok(r) => serde_json::from_slice(&r.bytes().await?).context("intent record")?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if intent.first >= committed {
+        tracing::warn!(
+            topic,
+            partition,
+            first = intent.first,
+            last = intent.last,
+            files = intent.files.len(),
+            "removing files of a batch that was not committed (crash before commit)"
+        );
+        for f in &intent.files {
+            match archive.store.delete(&Path::from(f.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn retry() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(8)
+}
+
+/// Uploads a partition's buffer as one file per (date, hour), then commits.
+async fn flush(
+    archive: &Archive,
+    consumer: &StreamConsumer<ArchiverContext>,
+    key: &(String, i32),
+    buf: &mut Buffer,
+) -> anyhow::Result<()> {
+    let Some(first) = buf.first else {
+        return Ok(());
+    };
+    let last = buf.last;
+    let (topic, partition) = (key.0.as_str(), key.1);
+    let mut groups: BTreeMap<(NaiveDate, u32), Vec<ArchivedEvent>> = BTreeMap::new();
+    for r in std::mem::take(&mut buf.rows) {
+        let t = DateTime::from_timestamp_millis(r.event.ts).unwrap_or_default();
+        groups
+            .entry((t.date_naive(), t.hour()))
+            .or_default()
+            .push(r);
+    }
+    let files: Vec<(Path, Vec<ArchivedEvent>)> = groups
+        .into_iter()
+        .map(|((d, h), rows)| {
+            (
+                layout::file_path(&archive.root, topic, d, h, partition, first, last),
+                rows,
+            )
+        })
+        .collect();
+    let intent = Intent {
+        first,
+        last,
+        files: files.iter().map(|(p, _)| p.to_string()).collect(),
+    };
+    let intent_path = layout::intent_path(&archive.root, topic, partition);
+    let body = serde_json::to_vec(&intent)?;
+    (|| {
+        archive
+            .store
+            .put(&intent_path, PutPayload::from(body.clone()))
+    })
+    .retry(retry())
+    .await
+    .context("writing intent")?;
+    let mut rows_total = 0;
+    for (path, rows) in files {
+        rows_total += rows.len();
+        let bytes =
+            tokio::task::spawn_blocking(move || encode_parquet(rows, ROW_GROUP_ROWS)).await??;
+        let payload = PutPayload::from(bytes);
+        (|| archive.store.put(&path, payload.clone()))
+            .retry(retry())
+            .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, file = %path, "upload failed; retrying"))
+            .await
+            .with_context(|| format!("uploading {path}"))?;
+        metrics::counter!(ARCHIVE_FILES_WRITTEN).increment(1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(last + 1))?;
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .with_context(|| format!("committing {topic}/{partition} at {}", last + 1))?;
+    metrics::counter!(ARCHIVE_ROWS_WRITTEN, "topic" => topic.to_owned())
+        .increment(rows_total as u64);
+    tracing::debug!(topic, partition, first, last, rows = rows_total, "archived");
+    *buf = Buffer::default();
+    Ok(())
+}
+
+/// Lists every archive file of `topic` on `date`.
+///
+/// # Errors
+///
+/// When listing fails.
+pub async fn list_date(
+    archive: &Archive,
+    topic: &str,
+    date: NaiveDate,
+) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
+    let prefix = layout::date_prefix(&archive.root, topic, date);
+    let mut out = Vec::new();
+    let mut s = archive.store.list(Some(&prefix));
+    while let Some(m) = s.next().await {
+        let m = m?;
+        if m.location.extension() == Some("parquet") {
+            out.push(m);
+        }
+    }
+    out.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(out)
+}
+
+/// The kind of a topic name for the archive's purposes.
+pub fn topic_kind(cfg: &Config, topic: &str) -> Option<TopicKind> {
+    cfg.kafka.topic_kind(topic)
+}

@@ -1,0 +1,131 @@
+//! The `batch_runs` table: one row per day saying whether its batch results are final
+//! (what the serving layer reads), and how its last run went.
+//!
+//! | column | meaning |
+//! |---|---|
+//! | `finality` | `none` (never succeeded), `final`, `revised` (recomputed after late data) |
+//! | `run_status` | `running`, `succeeded`, `failed` (the last attempt) |
+//! | `attempts` | runs started for the day |
+//! | `archive_rows` | rows of the input files when the day was computed: a later count that differs means late data arrived |
+//!
+//! A failed run never changes `finality` or the day's results: they are replaced only
+//! in the transaction that records success.
+
+use chrono::NaiveDate;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Pool, TxOpts};
+
+/// The code version recorded with each run.
+pub const CODE_VERSION: &str = concat!("batch-layer ", env!("CARGO_PKG_VERSION"));
+
+/// A day's run record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    /// The day.
+    pub day: NaiveDate,
+    /// `none`, `final` or `revised`.
+    pub finality: String,
+    /// `running`, `succeeded` or `failed`.
+    pub run_status: String,
+    /// Runs started.
+    pub attempts: i64,
+    /// Input rows counted at the last success.
+    pub archive_rows: i64,
+    /// Error of the last failure.
+    pub error: Option<String>,
+}
+
+/// Marks a run of `day` as started.
+///
+/// # Errors
+///
+/// MySQL errors.
+pub async fn start(pool: &Pool, day: NaiveDate) -> Result<(), mysql_async::Error> {
+    let mut c = pool.get_conn().await?;
+    c.exec_drop(
+        "INSERT INTO batch_runs (day, finality, run_status, attempts, started_at, code_version) \
+         VALUES (?, 'none', 'running', 1, CURRENT_TIMESTAMP(3), ?) \
+         ON DUPLICATE KEY UPDATE run_status = 'running', attempts = attempts + 1, \
+         started_at = CURRENT_TIMESTAMP(3), finished_at = NULL, error = NULL",
+        (day, CODE_VERSION),
+    )
+    .await
+}
+
+/// Records a failed run (results and finality stay as they were).
+///
+/// # Errors
+///
+/// MySQL errors.
+pub async fn fail(pool: &Pool, day: NaiveDate, error: &str) -> Result<(), mysql_async::Error> {
+    let mut c = pool.get_conn().await?;
+    c.exec_drop(
+        "UPDATE batch_runs SET run_status = 'failed', finished_at = CURRENT_TIMESTAMP(3), error = ? WHERE day = ?",
+        (error, day),
+    )
+    .await
+}
+
+/// The run record of `day`, if any.
+///
+/// # Errors
+///
+/// MySQL errors.
+pub async fn get(pool: &Pool, day: NaiveDate) -> Result<Option<RunRow>, mysql_async::Error> {
+    let mut c = pool.get_conn().await?;
+    let row: Option<(NaiveDate, String, String, i64, i64, Option<String>)> = c
+        .exec_first(
+            "SELECT day, finality, run_status, attempts, archive_rows, error FROM batch_runs WHERE day = ?",
+            (day,),
+        )
+        .await?;
+    Ok(row.map(
+        |(day, finality, run_status, attempts, archive_rows, error)| RunRow {
+            day,
+            finality,
+            run_status,
+            attempts,
+            archive_rows,
+            error,
+        },
+    ))
+}
+
+/// Every run record from `from` on, by day.
+///
+/// # Errors
+///
+/// MySQL errors.
+pub async fn since(pool: &Pool, from: NaiveDate) -> Result<Vec<RunRow>, mysql_async::Error> {
+    let mut c = pool.get_conn().await?;
+    let rows: Vec<(NaiveDate, String, String, i64, i64, Option<String>)> = c
+        .exec(
+            "SELECT day, finality, run_status, attempts, archive_rows, error FROM batch_runs WHERE day >= ? ORDER BY day",
+            (from,),
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(day, finality, run_status, attempts, archive_rows, error)| RunRow {
+                day,
+                finality,
+                run_status,
+                attempts,
+                archive_rows,
+                error,
+            },
+        )
+        .collect())
+}
+
+/// Starts the transaction that replaces a day's results.
+///
+/// # Errors
+///
+/// MySQL errors.
+pub async fn begin(
+    conn: &mut mysql_async::Conn,
+) -> Result<mysql_async::Transaction<'_>, mysql_async::Error> {
+    conn.start_transaction(TxOpts::default()).await
+}
