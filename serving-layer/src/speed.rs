@@ -1,0 +1,116 @@
+//! Reading the speed layer's provisional results from Redis (key layout:
+//! [`common::redis_keys`]). A day of an advertiser is spread over one hash per Kafka
+//! partition; all are fetched in one pipelined round trip and summed. UV is the sum of
+//! the per-partition HyperLogLog counts, exact in expectation because a user lives in
+//! one partition only.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::NaiveDate;
+use common::counters::{Counters, Measure};
+use common::redis_keys::{AS_OF_FIELD, Keys, UvScope, parse_field};
+use redis::aio::ConnectionManager;
+
+/// One advertiser-day from Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpeedDay {
+    /// Counters per ad (ad 0 = unattributed effects).
+    pub by_ad: BTreeMap<i64, Counters>,
+    /// Last write time, ms UTC (`None`: nothing written for this day).
+    pub as_of: Option<i64>,
+}
+
+/// Reads provisional results.
+#[derive(Clone)]
+pub struct SpeedReader {
+    conn: ConnectionManager,
+    keys: Keys,
+    partitions: i32,
+}
+
+impl SpeedReader {
+    /// A reader over `partitions` Kafka partitions' keys.
+    pub fn new(conn: ConnectionManager, keys: Keys, partitions: i32) -> Self {
+        SpeedReader {
+            conn,
+            keys,
+            partitions,
+        }
+    }
+
+    /// Answers when Redis does.
+    ///
+    /// # Errors
+    ///
+    /// When Redis does not answer.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+    }
+
+    /// The counters of `advertiser` on each of `days`.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn days(
+        &self,
+        advertiser: i64,
+        days: &[NaiveDate],
+    ) -> redis::RedisResult<BTreeMap<NaiveDate, SpeedDay>> {
+        let mut pipe = redis::pipe();
+        for d in days {
+            for p in 0..self.partitions {
+                pipe.hgetall(self.keys.metrics(p, advertiser, *d));
+            }
+        }
+        let mut c = self.conn.clone();
+        let hashes: Vec<HashMap<String, i64>> = pipe.query_async(&mut c).await?;
+        let mut out = BTreeMap::new();
+        for (i, h) in hashes.into_iter().enumerate() {
+            let d = days[i / usize::try_from(self.partitions).unwrap_or(1)];
+            let day: &mut SpeedDay = out.entry(d).or_default();
+            for (f, v) in h {
+                if f == AS_OF_FIELD {
+                    day.as_of = Some(day.as_of.map_or(v, |a: i64| a.max(v)));
+                } else if let Some((ad, m)) = parse_field(&f) {
+                    if let Some(m) = Measure::parse(m) {
+                        day.by_ad.entry(ad).or_default()[m] += v;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Distinct users per (day, scope), summed over partitions.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn uv(
+        &self,
+        wanted: &[(NaiveDate, UvScope)],
+    ) -> redis::RedisResult<HashMap<(NaiveDate, UvScope), i64>> {
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut pipe = redis::pipe();
+        for (d, s) in wanted {
+            for p in 0..self.partitions {
+                pipe.cmd("PFCOUNT").arg(self.keys.uv(p, *d, *s));
+            }
+        }
+        let mut c = self.conn.clone();
+        let counts: Vec<i64> = pipe.query_async(&mut c).await?;
+        let per = usize::try_from(self.partitions).unwrap_or(1);
+        Ok(wanted
+            .iter()
+            .zip(counts.chunks(per))
+            .map(|(k, c)| (*k, c.iter().sum()))
+            .collect())
+    }
+}
