@@ -1,0 +1,113 @@
+-- MySQL / MariaDB schema of the ad-metrics platform.
+-- Applied idempotently by every binary at start (common::db::migrate) and by
+-- deploy/local/up.sh; statements are separated by lines holding only `;`.
+-- All times are UTC; money is integer micros; days are the advertiser's local day.
+
+-- DIM layer -------------------------------------------------------------------
+
+CREATE TABLE IF NOT EXISTS advertisers (
+  advertiser_id BIGINT NOT NULL PRIMARY KEY,
+  name          VARCHAR(255) NOT NULL,
+  time_zone     VARCHAR(64)  NOT NULL DEFAULT 'UTC' COMMENT 'IANA zone; the advertiser''s day',
+  final_through DATE NULL COMMENT 'latest day whose batch results are final for this advertiser',
+  updated_at    TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3)
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS campaigns (
+  campaign_id   BIGINT NOT NULL PRIMARY KEY,
+  advertiser_id BIGINT NOT NULL,
+  name          VARCHAR(255) NOT NULL,
+  KEY campaigns_by_advertiser (advertiser_id)
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS categories (
+  category_id BIGINT NOT NULL PRIMARY KEY,
+  name        VARCHAR(255) NOT NULL
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS products (
+  product_id    BIGINT NOT NULL PRIMARY KEY,
+  advertiser_id BIGINT NOT NULL,
+  category_id   BIGINT NOT NULL,
+  name          VARCHAR(255) NOT NULL
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS ads (
+  ad_id         BIGINT NOT NULL PRIMARY KEY,
+  campaign_id   BIGINT NOT NULL,
+  advertiser_id BIGINT NOT NULL,
+  product_id    BIGINT NOT NULL,
+  cpc_micros    BIGINT NOT NULL COMMENT 'bid per click, micros',
+  name          VARCHAR(255) NOT NULL,
+  KEY ads_by_advertiser (advertiser_id)
+) ENGINE=InnoDB
+;
+
+-- Batch results ----------------------------------------------------------------
+
+CREATE TABLE IF NOT EXISTS daily_ad_metrics (
+  day           DATE   NOT NULL COMMENT 'advertiser-local day',
+  advertiser_id BIGINT NOT NULL,
+  ad_id         BIGINT NOT NULL COMMENT '0 = effects of the advertiser that no click earned',
+  campaign_id   BIGINT NOT NULL COMMENT '0 for ad 0',
+  exposures     BIGINT NOT NULL DEFAULT 0,
+  clicks        BIGINT NOT NULL DEFAULT 0,
+  cost_micros   BIGINT NOT NULL DEFAULT 0,
+  uv            BIGINT NOT NULL DEFAULT 0 COMMENT 'exact distinct users who saw or clicked the ad that day',
+  consultations_direct          BIGINT NOT NULL DEFAULT 0,
+  consultations_indirect        BIGINT NOT NULL DEFAULT 0,
+  consultations_unattributed    BIGINT NOT NULL DEFAULT 0,
+  private_messages_direct       BIGINT NOT NULL DEFAULT 0,
+  private_messages_indirect     BIGINT NOT NULL DEFAULT 0,
+  private_messages_unattributed BIGINT NOT NULL DEFAULT 0,
+  orders_direct                 BIGINT NOT NULL DEFAULT 0,
+  orders_indirect               BIGINT NOT NULL DEFAULT 0,
+  orders_unattributed           BIGINT NOT NULL DEFAULT 0,
+  payments_direct               BIGINT NOT NULL DEFAULT 0,
+  payments_indirect             BIGINT NOT NULL DEFAULT 0,
+  payments_unattributed         BIGINT NOT NULL DEFAULT 0,
+  gmv_micros_direct             BIGINT NOT NULL DEFAULT 0,
+  gmv_micros_indirect           BIGINT NOT NULL DEFAULT 0,
+  gmv_micros_unattributed       BIGINT NOT NULL DEFAULT 0,
+  computed_at   TIMESTAMP(3) NOT NULL,
+  PRIMARY KEY (day, advertiser_id, ad_id),
+  KEY daily_ad_metrics_by_advertiser (advertiser_id, day)
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS daily_uv (
+  day           DATE   NOT NULL,
+  advertiser_id BIGINT NOT NULL,
+  campaign_id   BIGINT NOT NULL COMMENT '0 = the whole advertiser',
+  uv            BIGINT NOT NULL,
+  PRIMARY KEY (day, advertiser_id, campaign_id)
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS batch_runs (
+  day           DATE NOT NULL PRIMARY KEY,
+  finality      ENUM('none','final','revised') NOT NULL DEFAULT 'none'
+                COMMENT 'what the serving layer shows: final/revised days come from daily_ad_metrics',
+  run_status    ENUM('running','succeeded','failed') NOT NULL,
+  attempts      INT NOT NULL DEFAULT 0,
+  started_at    TIMESTAMP(3) NULL,
+  finished_at   TIMESTAMP(3) NULL,
+  first_final_at TIMESTAMP(3) NULL,
+  input_rows    BIGINT NOT NULL DEFAULT 0,
+  output_rows   BIGINT NOT NULL DEFAULT 0,
+  archive_rows  BIGINT NOT NULL DEFAULT 0 COMMENT 'rows of the day in the archive when it was computed',
+  code_version  VARCHAR(64) NOT NULL DEFAULT '',
+  error         TEXT NULL
+) ENGINE=InnoDB
+;
+
+-- Serving ----------------------------------------------------------------------
+
+CREATE TABLE IF NOT EXISTS api_keys (
+  key_id        VARCHAR(32) NOT NULL PRIMARY KEY COMMENT 'public part of the key',
+  key_hash      CHAR(64)    NOT NULL COMMENT 'SHA-256 hex of the whole key',
+  advertiser_id BIGINT NULL COMMENT 'NULL for the internal role',
+  role          ENUM('advertiser','internal') NOT NULL,
+  label         VARCHAR(255) NOT NULL DEFAULT '',
+  created_at    TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  revoked_at    TIMESTAMP(3) NULL
+) ENGINE=InnoDB
+;

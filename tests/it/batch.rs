@@ -1,0 +1,330 @@
+//! The batch layer on the real data set: the archive holds every event exactly once
+//! (also across SIGKILLs of the archiver), and the daily recompute equals an
+//! independent computation of the rules, is repeatable, fails cleanly on bad input,
+//! and revises a final day that receives late data.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use admetrics_tests::{TestEnv, archive, reference, wait_until};
+use common::counters::Measure;
+use common::day::date_of;
+use common::event::DAY_MS;
+use mysql_async::prelude::Queryable;
+use rand::Rng;
+
+/// Starts the archiver with small batches (many files, many commits).
+fn start_archiver(env: &mut TestEnv) {
+    env.spawn(
+        "archiver",
+        "batch-layer",
+        &[
+            "archive",
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", admetrics_tests::free_port()),
+        ],
+    );
+}
+
+async fn archive_all(env: &mut TestEnv, expected_rows: usize) {
+    let dir = env.state_dir.join("archive");
+    let timeout = Duration::from_secs(120);
+    let what = format!("{expected_rows} rows in the archive");
+    wait_until(timeout, &what, || async {
+        archive::rows(&dir) >= expected_rows as i64
+    })
+    .await;
+}
+
+fn days_of(events: &[common::event::Event<'_>]) -> (chrono::NaiveDate, chrono::NaiveDate) {
+    let d = |ts: i64| date_of(i32::try_from(ts.div_euclid(DAY_MS)).unwrap());
+    (d(events.first().unwrap().ts), d(events.last().unwrap().ts))
+}
+
+type DbRow = (i64, i64, i64, Vec<i64>);
+
+/// `daily_ad_metrics` of a day: (advertiser, ad) -> (campaign, uv, counters).
+async fn db_rows(
+    env: &TestEnv,
+    day: chrono::NaiveDate,
+) -> BTreeMap<(i64, i64), (i64, i64, Vec<i64>)> {
+    let pool = env.mysql();
+    let mut c = pool.get_conn().await.unwrap();
+    let cols: Vec<&str> = Measure::ALL.iter().map(|m| m.name()).collect();
+    let sql = format!(
+        "SELECT advertiser_id, ad_id, campaign_id, uv, {} FROM daily_ad_metrics WHERE day = ?",
+        cols.join(", ")
+    );
+    let rows: Vec<mysql_async::Row> = c.exec(sql, (day,)).await.unwrap();
+    let out = rows
+        .into_iter()
+        .map(|r| {
+            let v: Vec<i64> = (0..r.len()).map(|i| r.get::<i64, _>(i).unwrap()).collect();
+            let row: DbRow = (v[0], v[1], v[2], v[3..].to_vec());
+            ((row.0, row.1), (row.2, row.3[0], row.3[1..].to_vec()))
+        })
+        .collect();
+    drop(c);
+    pool.disconnect().await.ok();
+    out
+}
+
+async fn run_row(
+    env: &TestEnv,
+    day: chrono::NaiveDate,
+) -> Option<(String, String, Option<String>)> {
+    let pool = env.mysql();
+    let mut c = pool.get_conn().await.unwrap();
+    let r = c
+        .exec_first(
+            "SELECT finality, run_status, error FROM batch_runs WHERE day = ?",
+            (day,),
+        )
+        .await
+        .unwrap();
+    drop(c);
+    pool.disconnect().await.ok();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_is_exact_and_recompute_equals_an_independent_computation() {
+    let mut env = TestEnv::new(4).await;
+    env.cfg.batch.archive_max_rows = 3_000;
+    env.cfg.batch.archive_max_age = Duration::from_millis(500);
+    let r = env.replay(20_000).await;
+    start_archiver(&mut env);
+    archive_all(&mut env, r.events.len()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = archive::event_id_counts(&env.state_dir.join("archive"));
+    assert_eq!(counts.len(), r.events.len(), "every event archived");
+    assert!(counts.values().all(|c| *c == 1), "no event archived twice");
+    assert!(
+        r.events
+            .iter()
+            .all(|e| counts.contains_key(e.event_id.as_ref()))
+    );
+
+    let (first, last) = days_of(&r.events);
+    let out = env
+        .run(
+            "batch-layer",
+            &[
+                "recompute",
+                "--from",
+                &first.to_string(),
+                "--to",
+                &last.to_string(),
+            ],
+        )
+        .await
+        .expect("recompute");
+    assert!(out.contains("0 failed"), "{out}");
+    let expected = reference::compute(&r.events);
+    let per_day = reference::per_day(&expected);
+    let mut compared = 0;
+    for d in first.iter_days().take_while(|d| *d <= last) {
+        let rows = db_rows(&env, d).await;
+        let dn = i64::from(common::day::day_num(d));
+        let want: BTreeMap<(i64, i64), &reference::Expected> = expected
+            .iter()
+            .filter(|((_, day, _), _)| *day == dn)
+            .map(|((a, _, ad), x)| ((*a, *ad), x))
+            .collect();
+        assert_eq!(
+            rows.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{d}: the same (advertiser, ad) rows"
+        );
+        for (k, (_, uv, c)) in &rows {
+            let x = want[k];
+            let get = |m: Measure| c[m as usize];
+            assert_eq!(get(Measure::Clicks), x.clicks, "{d} {k:?} clicks");
+            assert_eq!(get(Measure::CostMicros), x.cost_micros, "{d} {k:?} cost");
+            assert_eq!(get(Measure::Exposures), x.exposures, "{d} {k:?} exposures");
+            for m in Measure::ALL.iter().skip(3) {
+                assert_eq!(
+                    get(*m),
+                    x.effects.get(m.name()).copied().unwrap_or(0),
+                    "{d} {k:?} {}",
+                    m.name()
+                );
+            }
+            assert_eq!(*uv, x.users.len() as i64, "{d} {k:?} exact uv");
+            compared += 1;
+        }
+        // Advertiser-level distinct users, exact.
+        let pool = env.mysql();
+        let mut c = pool.get_conn().await.unwrap();
+        let uvs: Vec<(i64, i64)> = c
+            .exec(
+                "SELECT advertiser_id, uv FROM daily_uv WHERE day = ? AND campaign_id = 0",
+                (d,),
+            )
+            .await
+            .unwrap();
+        drop(c);
+        pool.disconnect().await.ok();
+        for (adv, uv) in uvs {
+            assert_eq!(
+                uv,
+                per_day[&(adv, dn)].users.len() as i64,
+                "{d} advertiser {adv} uv"
+            );
+        }
+        assert_eq!(run_row(&env, d).await.map(|r| r.0), Some("final".into()));
+    }
+    assert!(compared > 500, "compared {compared} rows");
+
+    // Recomputing a day gives identical rows.
+    let before = db_rows(&env, last).await;
+    env.run("batch-layer", &["recompute", "--day", &last.to_string()])
+        .await
+        .expect("second recompute");
+    assert_eq!(db_rows(&env, last).await, before);
+    assert_eq!(
+        run_row(&env, last).await.map(|r| r.0),
+        Some("final".into()),
+        "same input: still final, not revised"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_archiver_leaves_no_duplicate_and_no_gap() {
+    let mut env = TestEnv::new(4).await;
+    env.cfg.batch.archive_max_rows = 2_000;
+    env.cfg.batch.archive_max_age = Duration::from_millis(300);
+    let r = env.replay(60_000).await;
+    let dir = env.state_dir.join("archive");
+    let mut kills = 0;
+    for _ in 0..4 {
+        start_archiver(&mut env);
+        let wait = rand::rng().random_range(400..1_500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        env.kill("archiver").await;
+        kills += 1;
+        if archive::rows(&dir) >= r.events.len() as i64 {
+            break;
+        }
+    }
+    assert!(kills >= 1);
+    start_archiver(&mut env);
+    archive_all(&mut env, r.events.len()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = archive::event_id_counts(&dir);
+    let dups: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(dups.is_empty(), "duplicates after {kills} kills: {dups:?}");
+    assert_eq!(
+        counts.len(),
+        r.events.len(),
+        "missing events after {kills} kills"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_corrupt_input_fails_the_run_without_partial_results() {
+    let mut env = TestEnv::new(2).await;
+    env.cfg.batch.archive_max_age = Duration::from_millis(300);
+    // Missing: nothing archived for that day.
+    let err = env
+        .run("batch-layer", &["recompute", "--day", "2026-01-05"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no archive files for 2026-01-05"), "{err}");
+    let run = run_row(&env, "2026-01-05".parse().unwrap()).await.unwrap();
+    assert_eq!((run.0.as_str(), run.1.as_str()), ("none", "failed"));
+    assert!(run.2.unwrap().contains("no archive files"));
+
+    // Corrupt: a final day whose file is damaged keeps its final results.
+    let r = env.replay(3_000).await;
+    start_archiver(&mut env);
+    archive_all(&mut env, r.events.len()).await;
+    let (_, last) = days_of(&r.events);
+    env.run("batch-layer", &["recompute", "--day", &last.to_string()])
+        .await
+        .expect("first run");
+    let before = db_rows(&env, last).await;
+    assert!(!before.is_empty());
+    let victim = archive::files(&env.state_dir.join("archive"))
+        .into_iter()
+        .find(|f| f.to_string_lossy().contains(&format!("date={last}")))
+        .unwrap();
+    std::fs::write(&victim, b"PAR1 this is not parquet").unwrap();
+    let err = env
+        .run("batch-layer", &["recompute", "--day", &last.to_string()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("corrupt archive file"), "{err}");
+    let run = run_row(&env, last).await.unwrap();
+    assert_eq!(
+        (run.0.as_str(), run.1.as_str()),
+        ("final", "failed"),
+        "the day stays final; the attempt is recorded as failed"
+    );
+    assert_eq!(db_rows(&env, last).await, before, "no partial results");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_data_for_a_final_day_is_archived_noticed_and_revised() {
+    let mut env = TestEnv::new(2).await;
+    env.cfg.batch.archive_max_age = Duration::from_millis(300);
+    let r = env.replay(3_000).await;
+    start_archiver(&mut env);
+    archive_all(&mut env, r.events.len()).await;
+    let (first, last) = days_of(&r.events);
+    env.run(
+        "batch-layer",
+        &[
+            "recompute",
+            "--from",
+            &first.to_string(),
+            "--to",
+            &last.to_string(),
+        ],
+    )
+    .await
+    .expect("recompute");
+    let before = db_rows(&env, first).await;
+    // A late click for the first (final) day, on an ad of the data set.
+    let late_ts = r.events[0].ts + 1;
+    let (adv, ad) = (r.events[0].advertiser_id, r.events[0].ad_id.unwrap());
+    let payload = format!(
+        r#"{{"kind":"click","event_id":"late-1","ts":{late_ts},"user_id":"late-user","ad_id":{ad},"advertiser_id":{adv},"product_id":{adv},"cost_micros":4242}}"#
+    );
+    let producer: rdkafka::producer::FutureProducer =
+        common::kafka::producer_config(&env.cfg.kafka)
+            .create()
+            .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&env.cfg.kafka.traffic_topic)
+                .key("late-user")
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    archive_all(&mut env, r.events.len() + 1).await;
+    let out = env
+        .run("batch-layer", &["schedule", "--once"])
+        .await
+        .expect("tick");
+    assert!(out.contains(&format!("{first}: revised")), "{out}");
+    let after = db_rows(&env, first).await;
+    let clicks = |rows: &BTreeMap<(i64, i64), (i64, i64, Vec<i64>)>| {
+        rows.get(&(adv, ad))
+            .map_or(0, |r| r.2[Measure::Clicks as usize])
+    };
+    let cost = |rows: &BTreeMap<(i64, i64), (i64, i64, Vec<i64>)>| {
+        rows.get(&(adv, ad))
+            .map_or(0, |r| r.2[Measure::CostMicros as usize])
+    };
+    assert_eq!(clicks(&after), clicks(&before) + 1);
+    assert_eq!(cost(&after), cost(&before) + 4242);
+    assert_eq!(
+        run_row(&env, first).await.map(|r| r.0),
+        Some("revised".into())
+    );
+}

@@ -1,0 +1,131 @@
+//! Poison messages go to the dead-letter topic with their reason and original bytes,
+//! and the consumer keeps going.
+
+use std::time::Duration;
+
+use admetrics_tests::{TestEnv, dataset_path};
+use common::kafka::header_str;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_land_in_the_dlq_with_their_reason_and_processing_continues() {
+    let mut env = TestEnv::new(1).await;
+    // Dimensions and a few real clicks from the data set (last day near now).
+    let data = dataset_path();
+    let out = env
+        .run(
+            "speed-layer",
+            &["replay", "--data", data.to_str().unwrap(), "--limit", "50"],
+        )
+        .await
+        .expect("replay");
+    let shift = serde_json::from_str::<serde_json::Value>(&out).unwrap()["shift_days"]
+        .as_i64()
+        .unwrap();
+    let now = common::day::now_ms();
+    let good = |id: &str| {
+        format!(
+            r#"{{"kind":"click","event_id":"{id}","ts":{now},"user_id":"u-good","ad_id":12497,"advertiser_id":12,"product_id":12,"cost_micros":1000}}"#
+        )
+    };
+    let ten_years = now + 10 * 365 * 86_400_000;
+    let poison: Vec<(&str, String)> = vec![
+        ("not_json", "this is not json".to_owned()),
+        (
+            "missing_field",
+            r#"{"kind":"click","event_id":"p2","user_id":"u1","ad_id":12497,"advertiser_id":12}"#
+                .to_owned(),
+        ),
+        (
+            "wrong_type",
+            good("p3").replace(&format!(r#""ts":{now}"#), r#""ts":"yesterday""#),
+        ),
+        (
+            "ts_in_future",
+            good("p4").replace(&format!(r#""ts":{now}"#), &format!(r#""ts":{ten_years}"#)),
+        ),
+        ("unknown_ad", good("p5").replace("12497", "99999999")),
+    ];
+    let producer: FutureProducer = common::kafka::producer_config(&env.cfg.kafka)
+        .create()
+        .unwrap();
+    let topic = env.cfg.kafka.traffic_topic.clone();
+    for (_, payload) in &poison {
+        producer
+            .send(
+                FutureRecord::to(&topic).key("u-poison").payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    // Valid events after the poison must still be counted.
+    for id in ["g1", "g2"] {
+        producer
+            .send(
+                FutureRecord::to(&topic).key("u-good").payload(&good(id)),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    env.spawn("speed", "speed-layer", &["run"]);
+    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(120)).await {
+        panic!("{e}\n{}", env.log("speed"));
+    }
+    assert!(
+        env.running("speed"),
+        "the consumer survived the poison:\n{}",
+        env.log("speed")
+    );
+
+    // Every poison message is in the DLQ, byte for byte, with its reason.
+    let consumer: StreamConsumer =
+        common::kafka::consumer_config(&env.cfg.kafka, &format!("{}-dlq-reader", env.id))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[&env.cfg.kafka.dlq_topic]).unwrap();
+    let mut got = Vec::new();
+    while got.len() < poison.len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("DLQ message")
+            .unwrap();
+        let h = m.headers().expect("DLQ headers");
+        got.push((
+            header_str(h, "dlq.reason").unwrap().to_owned(),
+            String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
+            header_str(h, "dlq.topic").unwrap().to_owned(),
+            header_str(h, "dlq.detail").unwrap().to_owned(),
+        ));
+    }
+    for ((reason, payload), (got_reason, got_payload, src, detail)) in poison.iter().zip(&got) {
+        assert_eq!(got_reason, reason, "{detail}");
+        assert_eq!(got_payload, payload);
+        assert_eq!(src, &topic);
+        assert!(!detail.is_empty());
+    }
+    // The two good clicks were counted besides the replayed ones.
+    let day = common::day::today(now, chrono_tz::UTC);
+    let mut rows = common::dataset::read(&data).unwrap();
+    rows.truncate(50);
+    let replayed: i64 = common::dataset::events(&rows, shift)
+        .iter()
+        .filter(|e| e.ad_id == Some(12_497) && common::day::today(e.ts, chrono_tz::UTC) == day)
+        .count() as i64;
+    let keys = common::redis_keys::Keys::new(&env.cfg.redis.key_prefix);
+    let mut r = env.redis().await;
+    let clicks: Option<i64> = redis::cmd("HGET")
+        .arg(keys.metrics(0, 12, day))
+        .arg("12497:clicks")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(
+        clicks.unwrap_or(0),
+        replayed + 2,
+        "good clicks after the poison are counted"
+    );
+}

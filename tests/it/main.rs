@@ -1,0 +1,6 @@
+//! Integration tests against the real services (`deploy/local/up.sh`). Each scenario is
+//! a module; each test runs in its own namespace (topics, Redis prefix, databases).
+
+mod batch;
+mod dlq;
+mod e2e;

@@ -1,0 +1,64 @@
+//! Reading the Parquet archive directly (with the `parquet` crate, not the batch
+//! layer's reader), for checks that must not trust the code under test.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use arrow::array::AsArray;
+
+/// Every `.parquet` file under `dir`.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Copies of each `event_id` in the archive under `dir`.
+pub fn event_id_counts(dir: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for f in files(dir) {
+        let Ok(file) = std::fs::File::open(&f) else {
+            continue;
+        };
+        let Ok(builder) =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        else {
+            continue;
+        };
+        let reader = builder.build().expect("reader");
+        for b in reader {
+            let b = b.expect("batch");
+            let ids = b.column_by_name("event_id").expect("event_id column");
+            for id in ids.as_string::<i32>().iter().flatten() {
+                *counts.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Total rows in the archive (footers only).
+pub fn rows(dir: &Path) -> i64 {
+    files(dir)
+        .iter()
+        .filter_map(|f| std::fs::File::open(f).ok())
+        .filter_map(|f| {
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).ok()
+        })
+        .map(|b| b.metadata().file_metadata().num_rows())
+        .sum()
+}

@@ -1,0 +1,424 @@
+//! Helpers of the integration tests: a private namespace per test on the real services
+//! that `deploy/local/up.sh` starts (Kafka topics, Redis key prefix, MySQL and
+//! ClickHouse databases, a state directory), the project's binaries run as child
+//! processes, and an independent reference computation of the metrics.
+//!
+//! A missing service fails the test with a message naming `deploy/local/up.sh`; no
+//! test skips.
+
+pub mod archive;
+pub mod reference;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use common::config::Config;
+use mysql_async::prelude::Queryable;
+use rand::Rng;
+use tokio::process::{Child, Command};
+
+/// One test's namespace and the processes it started (killed on drop).
+pub struct TestEnv {
+    /// Unique id (`t` + 10 hex digits).
+    pub id: String,
+    /// The configuration every process of this test uses.
+    pub cfg: Config,
+    /// This test's state directory.
+    pub state_dir: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+/// The directory of the workspace's built binaries (next to the test executable).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/it-<hash> -> target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// Path of one of the project's binaries; panics with a hint when it is not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (deploy/local/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn missing(service: &str, detail: &str) -> ! {
+    panic!(
+        "{service} is not reachable ({detail}). Start the local stack with deploy/local/up.sh (deploy/local/test.sh does it for you)."
+    );
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl TestEnv {
+    /// Creates a namespace: topics with `partitions` partitions, a Redis prefix, MySQL
+    /// and ClickHouse databases with the schema. Fails loudly when a service is down.
+    pub async fn new(partitions: i32) -> TestEnv {
+        let base = Config::load(None).expect("configuration from ADMETRICS__* variables");
+        let id = format!("t{:010x}", rand::rng().random::<u64>() & 0xff_ffff_ffff);
+        let mut cfg = base.clone();
+        cfg.kafka.partitions = partitions;
+        cfg.kafka.traffic_topic = format!("{id}-ad-traffic");
+        cfg.kafka.effects_topic = format!("{id}-ad-effects");
+        cfg.kafka.dlq_topic = format!("{id}-ad-dlq");
+        cfg.redis.key_prefix = id.clone();
+        cfg.speed.group_id = format!("{id}-speed");
+        cfg.batch.group_id = format!("{id}-archiver");
+        cfg.speed.metrics_listen = format!("127.0.0.1:{}", free_port());
+        cfg.serving.listen = format!("127.0.0.1:{}", free_port());
+        let db = format!("admetrics_{id}");
+        cfg.mysql.url = replace_db(base.mysql.url.expose(), &db).as_str().into();
+        cfg.clickhouse.database = db.clone();
+        let state_dir = std::env::temp_dir().join(format!("admetrics-it/{id}"));
+        std::fs::create_dir_all(&state_dir).expect("state dir");
+        cfg.state_dir = state_dir.clone();
+        cfg.batch.archive_url = state_dir.join("archive").display().to_string();
+
+        // Redis
+        let r = redis::Client::open(cfg.redis.url.expose()).expect("redis url");
+        let mut rc = match tokio::time::timeout(
+            Duration::from_secs(5),
+            r.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => missing("Redis", &format!("{}: {e}", cfg.redis.url.expose())),
+            Err(_) => missing("Redis", "timeout"),
+        };
+        let _: String = redis::cmd("PING")
+            .query_async(&mut rc)
+            .await
+            .unwrap_or_else(|e| missing("Redis", &e.to_string()));
+        // MySQL: create this test's database through the main one.
+        let admin = mysql_async::Pool::new(base.mysql.url.expose());
+        let mut conn = match tokio::time::timeout(Duration::from_secs(5), admin.get_conn()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => missing("MySQL", &e.to_string()),
+            Err(_) => missing("MySQL", "timeout"),
+        };
+        conn.query_drop(format!("CREATE DATABASE `{db}`"))
+            .await
+            .expect("create test database");
+        drop(conn);
+        admin.disconnect().await.ok();
+        let pool = common::db::pool(&cfg.mysql).expect("pool");
+        common::db::migrate(&pool).await.expect("schema");
+        pool.disconnect().await.ok();
+        // ClickHouse
+        if let Err(e) = speed_layer::clickhouse_sink::migrate(&cfg.clickhouse).await {
+            missing("ClickHouse", &format!("{}: {e}", cfg.clickhouse.url));
+        }
+        // Kafka
+        let k = &cfg.kafka;
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            common::kafka::create_topics(
+                k,
+                &[&k.traffic_topic, &k.effects_topic, &k.dlq_topic],
+                partitions,
+            ),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => missing("Kafka (tansu)", &format!("{}: {e}", k.brokers)),
+            Err(_) => missing("Kafka (tansu)", &format!("{}: timeout", k.brokers)),
+        }
+        TestEnv {
+            id,
+            cfg,
+            state_dir,
+            children: Vec::new(),
+        }
+    }
+
+    /// `ADMETRICS__*` variables that give a child process this test's configuration.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        flatten(
+            "ADMETRICS",
+            &serde_json::to_value(&self.cfg).expect("config serialises"),
+            &mut out,
+        );
+        out
+    }
+
+    /// A command for one of the project's binaries with this test's configuration
+    /// (inherited `ADMETRICS__*` variables are replaced).
+    pub fn command(&self, binary: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(bin(binary));
+        c.args(args);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ADMETRICS__")) {
+            c.env_remove(k);
+        }
+        c.env_remove("ADMETRICS_CONFIG");
+        c.envs(self.env_vars());
+        c.env(
+            "RUST_LOG",
+            std::env::var("IT_CHILD_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        c.kill_on_drop(true);
+        c
+    }
+
+    /// Runs a binary to completion and returns its stdout.
+    pub async fn run(&self, binary: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .command(binary, args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("running {binary}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{binary} {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts a long-running binary; its output goes to `<state_dir>/<name>.log`.
+    pub fn spawn(&mut self, name: &str, binary: &str, args: &[&str]) -> u32 {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state_dir.join(format!("{name}.log")))
+            .expect("log file");
+        let child = self
+            .command(binary, args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        let pid = child.id().unwrap_or(0);
+        self.children.push((name.to_owned(), child));
+        pid
+    }
+
+    /// Sends SIGKILL to the named child and waits for it.
+    pub async fn kill(&mut self, name: &str) {
+        if let Some(pos) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.children.remove(pos);
+            c.kill().await.ok();
+        }
+    }
+
+    /// Sends SIGTERM to the named child and waits for it to exit (graceful shutdown).
+    pub async fn terminate(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let pos = self.children.iter().position(|(n, _)| n == name)?;
+        let (_, mut c) = self.children.remove(pos);
+        let pid = c.id()?;
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .ok()?;
+        match tokio::time::timeout(timeout, c.wait()).await {
+            Ok(Ok(s)) => Some(s),
+            _ => {
+                c.kill().await.ok();
+                None
+            }
+        }
+    }
+
+    /// The log of a child, for failure messages.
+    pub fn log(&self, name: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.state_dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// True while the named child runs.
+    pub fn running(&mut self, name: &str) -> bool {
+        self.children
+            .iter_mut()
+            .any(|(n, c)| n == name && matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// A MySQL pool on this test's database.
+    pub fn mysql(&self) -> mysql_async::Pool {
+        common::db::pool(&self.cfg.mysql).expect("pool")
+    }
+
+    /// A Redis connection.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.cfg.redis.url.expose())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// Base URL of this test's serving layer.
+    pub fn api_base(&self) -> String {
+        format!("http://{}", self.cfg.serving.listen)
+    }
+
+    /// Starts the serving layer and waits until `/healthz` answers.
+    pub async fn start_server(&mut self) {
+        self.spawn("serving", "serving-layer", &["serve"]);
+        let url = format!("{}/healthz", self.api_base());
+        wait_until(
+            Duration::from_secs(30),
+            "serving layer /healthz",
+            || async {
+                reqwest::get(&url)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+    }
+
+    /// Creates an API key (`--advertiser N` or `--internal`).
+    pub async fn api_key(&self, args: &[&str]) -> String {
+        let mut a = vec!["keys", "create"];
+        a.extend_from_slice(args);
+        self.run("serving-layer", &a)
+            .await
+            .expect("key created")
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            c.start_kill().ok();
+        }
+    }
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i)
+            if url[..i].contains("://") && url[..i].len() > url.find("://").unwrap_or(0) + 2 =>
+        {
+            format!("{}/{db}", &url[..i])
+        }
+        _ => format!("{url}/{db}"),
+    }
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                flatten(&format!("{prefix}__{}", k.to_uppercase()), v, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        serde_json::Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        other => out.push((prefix.to_owned(), other.to_string())),
+    }
+}
+
+/// What a replay produced: its JSON summary and the same events, rebuilt from the
+/// file with the data README's mapping and the replay's date shift.
+pub struct Replayed {
+    /// The replay command's summary.
+    pub summary: serde_json::Value,
+    /// The events, in replay order.
+    pub events: Vec<common::event::Event<'static>>,
+}
+
+impl TestEnv {
+    /// Replays the first `rows` rows of the data set into this test's topics and MySQL.
+    pub async fn replay(&self, rows: usize) -> Replayed {
+        let data = dataset_path();
+        let out = self
+            .run(
+                "speed-layer",
+                &[
+                    "replay",
+                    "--data",
+                    data.to_str().unwrap_or_default(),
+                    "--limit",
+                    &rows.to_string(),
+                ],
+            )
+            .await
+            .expect("replay");
+        let summary: serde_json::Value =
+            serde_json::from_str(&out).expect("replay prints a JSON summary");
+        let shift = summary["shift_days"].as_i64().expect("shift_days");
+        let mut r = common::dataset::read(&data).expect("data set");
+        r.truncate(rows);
+        let events = common::dataset::events(&r, shift);
+        assert_eq!(summary["events"].as_u64(), Some(events.len() as u64));
+        Replayed { summary, events }
+    }
+}
+
+/// Polls `check` until it is true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// GET with a bearer key; returns status and JSON body.
+pub async fn get_json(url: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.get(url);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// The data set file (`../shared/data/` beside the repository, or `ADMETRICS_DATASET`).
+/// Panics with the places it looked when it is missing.
+pub fn dataset_path() -> PathBuf {
+    let name = "talkingdata_train_sample.csv";
+    let mut candidates: Vec<PathBuf> = std::env::var_os("ADMETRICS_DATASET")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data")
+            .join(name),
+    );
+    candidates.push(PathBuf::from("/work/shared/data").join(name));
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!("the data set {name} is missing; looked at {candidates:?}. Set ADMETRICS_DATASET to its path.")
+    })
+}
