@@ -6,16 +6,26 @@
 //! # Watermarks and the effect wait
 //!
 //! The partition tracks the newest event time of each topic. The *event watermark*
-//! (newest time of either topic minus the out-of-orderness bound) closes windows and
-//! times out waiting effects. The *traffic watermark* (newest traffic time minus the
-//! bound) tells when every click at or before a time has been seen, since a user's
-//! traffic arrives in order within its partition. An effect is attributed as soon as
-//! the traffic watermark has passed its time; until then it waits, at most
-//! `effect_wait` (3 h) of event time, after which it is attributed with the clicks
-//! known (usually: unattributed). A partition idle for a while lets its watermarks
-//! follow the wall clock ([`Processor::advance_idle`]).
+//! (newest time of either topic minus the out-of-orderness bound) closes windows. The
+//! *traffic watermark* (newest traffic time minus the bound) tells when every click at
+//! or before a time has been seen, since a user's traffic arrives in order within its
+//! partition.
+//!
+//! An effect waits in two stages, both timed by the traffic watermark (never by the
+//! effects topic, which runs ahead of the traffic when a backlog is caught up):
+//!
+//! 1. until the traffic watermark passes its time: then, if a click explains it, it is
+//!    attributed with every earlier click known (the batch layer's answer);
+//! 2. otherwise it waits for a late click (one that arrives after it, the design
+//!    brief's "effects can arrive before the click that explains them") until the
+//!    traffic watermark passes its time plus `effect_wait` (3 h); a click of its user
+//!    and advertiser that arrives meanwhile attributes it at once. Then it is counted
+//!    unattributed.
+//!
+//! A quiet partition lets its watermarks follow the wall clock
+//! ([`Processor::advance_idle`]), so waits end on a live stream without traffic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use common::attribution::{Attribution, ClickRef, Rules, attribute};
 use common::counters::UNATTRIBUTED_AD;
@@ -144,7 +154,12 @@ pub struct Processor {
     cfg: ProcessorConfig,
     dedup: Dedup,
     clicks: ClickIndex,
+    /// Stage 1: effects waiting for the traffic watermark to pass them, by (ts, seq).
     pending: BTreeMap<(i64, i64), PendingEffect>,
+    /// Stage 2: effects no click explained yet, by (deadline, seq).
+    orphans: BTreeMap<(i64, i64), PendingEffect>,
+    /// Stage-2 keys by (user hash, advertiser), for late clicks.
+    orphans_by_user: HashMap<(u64, i64), Vec<(i64, i64)>>,
     pending_added: BTreeMap<i64, PendingEffect>,
     pending_removed: Vec<i64>,
     windows: Windows,
@@ -163,6 +178,8 @@ impl Processor {
             dedup: Dedup::new(cfg.dedup_horizon_ms),
             clicks: ClickIndex::new(cfg.rules.lookback_ms),
             pending: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+            orphans_by_user: HashMap::new(),
             pending_added: BTreeMap::new(),
             pending_removed: Vec::new(),
             windows: Windows::new(cfg.window_ms),
@@ -305,6 +322,7 @@ impl Processor {
                     advertiser_id: ad.advertiser_id,
                     click,
                 });
+                self.retry_orphans(user, ad.advertiser_id);
             }
             if self.cfg.detail_rows {
                 let row = self.detail_row(
@@ -355,33 +373,88 @@ impl Processor {
         self.resolve_ready();
     }
 
-    /// Attributes waiting effects whose clicks have all been seen or whose wait is over.
+    /// Moves waiting effects along their two stages as the traffic watermark advances.
     fn resolve_ready(&mut self) {
         let traffic_wm = self.traffic_watermark();
-        let wm = self.watermark();
         while let Some((&(ts, seq), _)) = self.pending.first_key_value() {
-            if !(ts < traffic_wm || ts.saturating_add(self.cfg.effect_wait_ms) <= wm) {
+            if ts >= traffic_wm {
                 break;
             }
-            if let Some(p) = self.pending.remove(&(ts, seq)) {
-                if self.pending_added.remove(&seq).is_none() {
-                    self.pending_removed.push(seq);
+            let Some(p) = self.pending.remove(&(ts, seq)) else {
+                break;
+            };
+            let a = self.attribution_of(&p);
+            if a.click.is_some() {
+                self.record_effect(&p, a);
+            } else {
+                let key = (ts.saturating_add(self.cfg.effect_wait_ms), seq);
+                self.orphans_by_user
+                    .entry((id_hash(&p.event.user_id), p.event.advertiser_id))
+                    .or_default()
+                    .push(key);
+                self.orphans.insert(key, p);
+            }
+        }
+        while let Some((&key, _)) = self.orphans.first_key_value() {
+            if key.0 > traffic_wm {
+                break;
+            }
+            let Some(p) = self.orphans.remove(&key) else {
+                break;
+            };
+            self.forget_orphan(&p, key);
+            let a = self.attribution_of(&p);
+            self.record_effect(&p, a);
+        }
+    }
+
+    /// A click of `user` on `advertiser` arrived: attributes the effects of that pair
+    /// that were waiting for a late click and that it explains.
+    fn retry_orphans(&mut self, user: u64, advertiser_id: i64) {
+        let Some(keys) = self.orphans_by_user.get(&(user, advertiser_id)) else {
+            return;
+        };
+        for key in keys.clone() {
+            let Some(p) = self.orphans.get(&key) else {
+                continue;
+            };
+            let a = self.attribution_of(p);
+            if a.click.is_some() {
+                if let Some(p) = self.orphans.remove(&key) {
+                    self.forget_orphan(&p, key);
+                    self.record_effect(&p, a);
                 }
-                self.attribute_effect(&p);
             }
         }
     }
 
-    fn attribute_effect(&mut self, p: &PendingEffect) {
+    fn forget_orphan(&mut self, p: &PendingEffect, key: (i64, i64)) {
+        let user = (id_hash(&p.event.user_id), p.event.advertiser_id);
+        if let Some(keys) = self.orphans_by_user.get_mut(&user) {
+            keys.retain(|k| *k != key);
+            if keys.is_empty() {
+                self.orphans_by_user.remove(&user);
+            }
+        }
+    }
+
+    fn attribution_of(&self, p: &PendingEffect) -> Attribution {
         let e = &p.event;
-        let user = id_hash(&e.user_id);
-        let a: Attribution = attribute(
-            self.clicks.clicks(user, e.advertiser_id),
+        attribute(
+            self.clicks.clicks(id_hash(&e.user_id), e.advertiser_id),
             e.ts,
             e.product_id.unwrap_or_default(),
             p.day,
             &self.cfg.rules,
-        );
+        )
+    }
+
+    /// Counts a waiting effect with its attribution and ends its wait.
+    fn record_effect(&mut self, p: &PendingEffect, a: Attribution) {
+        if self.pending_added.remove(&p.seq).is_none() {
+            self.pending_removed.push(p.seq);
+        }
+        let e = &p.event;
         let ad_id = a.click.map_or(UNATTRIBUTED_AD, |c| c.ad_id);
         self.stats.attributed[a.kind.offset()] += 1;
         self.windows
@@ -481,7 +554,7 @@ impl Processor {
 
     /// Effects waiting for their click.
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.orphans.len()
     }
 
     /// Clicks held for attribution.
@@ -660,29 +733,72 @@ mod tests {
     }
 
     #[test]
-    fn an_effect_whose_click_comes_after_the_wait_is_unattributed() {
+    fn a_late_click_attributes_an_effect_within_the_wait_and_not_after_it() {
         let d = dims();
         let mut p = Processor::new(cfg());
+        let hour = 3_600_000;
         p.process(
             TopicKind::Effects,
             0,
             &ev(EventKind::Payment, "p1", T0, None, 201),
             &d,
         );
-        // Effects move event time 3 h past the payment: the wait is over.
         p.process(
             TopicKind::Effects,
             1,
-            &ev(EventKind::Consultation, "q1", T0 + 3 * 3_600_000, None, 201),
+            &ev(EventKind::Order, "o1", T0 + 4 * hour, None, 201),
             &d,
         );
-        assert_eq!(p.pending_len(), 1, "only the consultation still waits");
+        // The effects topic alone never ends a wait (it runs ahead during a backlog).
+        p.process(
+            TopicKind::Effects,
+            2,
+            &ev(EventKind::Consultation, "q1", T0 + 9 * hour, None, 201),
+            &d,
+        );
+        assert_eq!(p.pending_len(), 3);
+        // Traffic passes p1 + 3 h: no click came for it, so it is unattributed.
         p.process(
             TopicKind::Traffic,
             0,
-            &ev(EventKind::Click, "c1", T0 - 1_000, Some(101), 201),
+            &ev(EventKind::Exposure, "x1", T0 + 3 * hour, Some(101), 201),
             &d,
         );
+        assert_eq!(p.pending_len(), 2, "p1 is done");
+        // Traffic passes o1 with no click for it: o1 now waits for a late click.
+        p.process(
+            TopicKind::Traffic,
+            1,
+            &ev(
+                EventKind::Exposure,
+                "x2",
+                T0 + 4 * hour + 1_000,
+                Some(101),
+                201,
+            ),
+            &d,
+        );
+        assert_eq!(p.pending_len(), 2, "o1 still waits for a late click");
+        // Late clicks: one explains o1 (within its wait), one comes too late for p1.
+        p.process(
+            TopicKind::Traffic,
+            2,
+            &ev(
+                EventKind::Click,
+                "c1",
+                T0 + 4 * hour - 1_000,
+                Some(101),
+                201,
+            ),
+            &d,
+        );
+        p.process(
+            TopicKind::Traffic,
+            3,
+            &ev(EventKind::Click, "c0", T0 - 1_000, Some(101), 201),
+            &d,
+        );
+        assert_eq!(p.pending_len(), 1, "only q1 still waits");
         let t = totals(&[p.take_flush(true)]);
         assert_eq!(
             t[&(UNATTRIBUTED_AD, 20_000)][Measure::PaymentsUnattributed],
@@ -692,12 +808,19 @@ mod tests {
             t[&(UNATTRIBUTED_AD, 20_000)][Measure::GmvMicrosUnattributed],
             5_000
         );
+        assert_eq!(t[&(101, 20_000)][Measure::OrdersDirect], 1);
     }
 
     #[test]
     fn pending_effects_added_and_resolved_between_flushes_are_not_persisted() {
         let d = dims();
         let mut p = Processor::new(cfg());
+        p.process(
+            TopicKind::Traffic,
+            0,
+            &ev(EventKind::Click, "c1", T0 + 1_000, Some(101), 201),
+            &d,
+        );
         p.process(
             TopicKind::Effects,
             0,
@@ -714,7 +837,7 @@ mod tests {
         );
         p.process(
             TopicKind::Traffic,
-            0,
+            1,
             &ev(EventKind::Exposure, "x1", T0 + 7_000, Some(101), 201),
             &d,
         );
