@@ -102,7 +102,7 @@ pub struct KafkaConfig {
     /// Partition count of every topic (they must match: co-partitioning). Default 8.
     pub partitions: i32,
     /// Static group membership id (`group.instance.id`) of this process's consumers;
-    /// empty = the host name. A restarted instance with the same id takes its
+    /// empty = the host name; `none` = dynamic membership. A restarted instance with the same id takes its
     /// partitions back at once instead of waiting for its old session to expire (and
     /// tansu only rebalances dead dynamic members away unreliably). Two instances of one
     /// group on one host need different ids.

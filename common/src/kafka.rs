@@ -57,13 +57,12 @@ pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
 /// member, which attribution needs.
 pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut c = client_config(cfg);
-    let instance = if cfg.group_instance_id.is_empty() {
-        host_name()
-    } else {
-        cfg.group_instance_id.clone()
-    };
+    match cfg.group_instance_id.as_str() {
+        "none" => {}
+        "" => _ = c.set("group.instance.id", host_name()),
+        id => _ = c.set("group.instance.id", id),
+    }
     c.set("group.id", group_id)
-        .set("group.instance.id", instance)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

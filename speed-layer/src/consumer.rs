@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use common::config::Config;
 use common::event::TopicKind;
 use common::redis_keys::Keys;
+use common::telemetry::CONSUMER_LAG;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -42,7 +43,30 @@ pub struct SpeedContext {
     changes: Arc<Mutex<Vec<Change>>>,
 }
 
-impl ClientContext for SpeedContext {}
+impl ClientContext for SpeedContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of
+    /// each owned partition, as the newest offset on the broker minus the next offset
+    /// handed to this process.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            let kind = if *topic == self.traffic {
+                TopicKind::Traffic
+            } else if *topic == self.effects {
+                TopicKind::Effects
+            } else {
+                continue;
+            };
+            for (p, part) in &t.partitions {
+                if *p < 0 || part.hi_offset < 0 || part.app_offset < 0 {
+                    continue;
+                }
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!(CONSUMER_LAG, "topic" => kind.as_str(), "partition" => p.to_string())
+                    .set((part.hi_offset - part.app_offset).max(0) as f64);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SpeedContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -151,6 +175,7 @@ pub async fn run(
     };
     let consumer: StreamConsumer<SpeedContext> =
         common::kafka::consumer_config(&cfg.kafka, &cfg.speed.group_id)
+            .set("statistics.interval.ms", "5000")
             .create_with_context(ctx)
             .context("kafka consumer")?;
     consumer

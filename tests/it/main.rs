@@ -1,6 +1,9 @@
 //! Integration tests against the real services (`deploy/local/up.sh`). Each scenario is
 //! a module; each test runs in its own namespace (topics, Redis prefix, databases).
 
+mod attribution;
 mod batch;
+mod crash;
 mod dlq;
 mod e2e;
+mod serving;

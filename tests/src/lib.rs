@@ -7,7 +7,9 @@
 //! test skips.
 
 pub mod archive;
+pub mod check;
 pub mod reference;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -196,6 +198,18 @@ impl TestEnv {
 
     /// Starts a long-running binary; its output goes to `<state_dir>/<name>.log`.
     pub fn spawn(&mut self, name: &str, binary: &str, args: &[&str]) -> u32 {
+        self.spawn_with_env(name, binary, args, &[])
+    }
+
+    /// [`TestEnv::spawn`] with extra environment variables (e.g. a second instance's
+    /// `ADMETRICS__KAFKA__GROUP_INSTANCE_ID` and metrics port).
+    pub fn spawn_with_env(
+        &mut self,
+        name: &str,
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> u32 {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -203,6 +217,7 @@ impl TestEnv {
             .expect("log file");
         let child = self
             .command(binary, args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -250,6 +265,15 @@ impl TestEnv {
             std::fs::read_to_string(self.state_dir.join(format!("{name}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// How many lines of the named child's log (all its runs) contain `needle`.
+    pub fn log_count(&self, name: &str, needle: &str) -> usize {
+        std::fs::read_to_string(self.state_dir.join(format!("{name}.log")))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// True while the named child runs.

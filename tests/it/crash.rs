@@ -1,0 +1,149 @@
+//! Exactly-once results through crashes: the speed layer is SIGKILLed at random
+//! moments of a paced replay of the data set (one instance restarted five times; two
+//! instances in one group, one killed for good), and afterwards every advertiser, day
+//! and ad in Redis equals the independent computation over the raw events.
+
+use std::time::Duration;
+
+use admetrics_tests::{TestEnv, check, dataset_path, free_port, wait_until};
+use rand::Rng;
+
+const ROWS: usize = 30_000;
+/// The slice spans about 66 hours of event time; at this factor it plays in ~80 s.
+const SPEED: &str = "3000";
+
+/// Starts a paced replay of the first [`ROWS`] rows in the background and returns the
+/// events it produces (rebuilt from the file with the same date shift).
+fn start_replay(env: &mut TestEnv) -> Vec<common::event::Event<'static>> {
+    let data = dataset_path();
+    let mut rows = common::dataset::read(&data).expect("data set");
+    rows.truncate(ROWS);
+    let shift = common::dataset::shift_days(&rows, common::day::now_ms(), false);
+    env.spawn(
+        "replay",
+        "speed-layer",
+        &[
+            "replay",
+            "--data",
+            data.to_str().unwrap(),
+            "--limit",
+            &ROWS.to_string(),
+            "--speed",
+            SPEED,
+            "--shift",
+            &shift.to_string(),
+        ],
+    );
+    common::dataset::events(&rows, shift)
+}
+
+async fn wait_replay_done(env: &mut TestEnv) {
+    wait_until(Duration::from_secs(180), "the replay to finish", || {
+        let running = env.running("replay");
+        async move { !running }
+    })
+    .await;
+}
+
+async fn settle_and_check(
+    env: &mut TestEnv,
+    events: &[common::event::Event<'static>],
+    logs: &[&str],
+) {
+    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(240)).await {
+        let logs: Vec<String> = logs
+            .iter()
+            .map(|n| format!("--- {n}:\n{}", env.log(n)))
+            .collect();
+        panic!("{e}\n{}", logs.join("\n"));
+    }
+    env.cfg.serving.rate_limit_per_second = 10_000;
+    env.cfg.serving.rate_limit_burst = 10_000;
+    env.start_server().await;
+    let key = env.api_key(&["--internal"]).await;
+    check::speed_matches_reference(env, &key, events).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_five_times_during_a_replay_loses_and_doubles_nothing() {
+    let mut env = TestEnv::new(4).await;
+    let events = start_replay(&mut env);
+    let loaded = |env: &TestEnv| env.log_count("speed", "partition state loaded");
+    let mut before = loaded(&env);
+    env.spawn("speed", "speed-layer", &["run"]);
+    let mut rng = rand::rng();
+    for _ in 0..5 {
+        // Kill while it processes: after it took its partitions, at a random moment.
+        wait_until(
+            Duration::from_secs(60),
+            "the partitions to be taken",
+            || {
+                let now = loaded(&env);
+                async move { now > before }
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..3_000))).await;
+        env.kill("speed").await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
+        before = loaded(&env);
+        env.spawn("speed", "speed-layer", &["run"]);
+    }
+    assert!(
+        env.running("replay"),
+        "the kills happened during the replay (slow the replay down if this fails)"
+    );
+    wait_replay_done(&mut env).await;
+    settle_and_check(&mut env, &events, &["speed", "replay"]).await;
+}
+
+/// Environment of one speed-layer instance of a pair: its own static membership id
+/// and metrics port.
+fn instance(name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ADMETRICS__KAFKA__GROUP_INSTANCE_ID", name.to_owned()),
+        (
+            "ADMETRICS__SPEED__METRICS_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        ),
+    ]
+}
+
+/// Waits until the named instance has taken partitions more often than `before`.
+async fn wait_loaded(env: &TestEnv, name: &str, before: usize) {
+    wait_until(Duration::from_secs(60), "partitions to be taken", || {
+        let now = env.log_count(name, "partition state loaded");
+        async move { now > before }
+    })
+    .await;
+}
+
+// Failing over to the survivor without a restart needs the broker to expire the dead
+// member's session; tansu 0.6.0 keeps a dead member's partitions assigned to it (see
+// README, "Known limits"), so the killed instance is restarted here, as Kubernetes
+// does. On a real Kafka the survivor takes the partitions after `session.timeout.ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_partitions_through_a_join_and_a_kill() {
+    let mut env = TestEnv::new(4).await;
+    let events = start_replay(&mut env);
+    let mut rng = rand::rng();
+    env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
+    wait_loaded(&env, "speed-a", 0).await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
+    // b joins: the group rebalances and half of a's partitions move, state included.
+    env.spawn_with_env("speed-b", "speed-layer", &["run"], &instance("speed-b"));
+    wait_loaded(&env, "speed-b", 0).await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
+    assert!(env.running("replay"), "the kill happens during the replay");
+    let before = env.log_count("speed-a", "partition state loaded");
+    env.kill("speed-a").await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
+    env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
+    wait_loaded(&env, "speed-a", before).await;
+    wait_replay_done(&mut env).await;
+    settle_and_check(&mut env, &events, &["speed-a", "speed-b", "replay"]).await;
+    assert!(
+        env.log_count("speed-a", "partitions revoked") > 0,
+        "a gave partitions away when b joined"
+    );
+}
