@@ -5,6 +5,13 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 "$REPO_ROOT/deploy/local/up.sh"
+# The browser test drives Debian's headless Chromium through Debian's chromedriver.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  log "installing chromium chromium-driver (apt, for the browser test)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+    >"$LOGS/apt-chromium.log" 2>&1 || die "apt-get install chromium chromium-driver failed (see $LOGS/apt-chromium.log)"
+fi
 cd "$REPO_ROOT"
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then

@@ -2,7 +2,12 @@
 //!
 //! | route | answers |
 //! |---|---|
+//! | `GET /v1/me` | the key's role and advertiser |
 //! | `GET /v1/advertisers/{id}/metrics?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day\|ad\|campaign` | metrics per day (and ad or campaign), each row marked final (batch) or provisional (speed) |
+//! | `GET /v1/advertisers/{id}/realtime?minutes=N` | today's 10-second series ([`crate::live`]) |
+//! | `GET /v1/advertisers/{id}/freshness` | last speed write, last final day, last batch run |
+//! | `GET /openapi.json` | the OpenAPI 3.0 description of these routes |
+//! | `GET /` | the advertiser dashboard (static page, `serving-layer/static/`) |
 //! | `GET /healthz` | 200 when Redis answers |
 //! | `GET /readyz` | 200 when Redis and MySQL answer |
 //! | `GET /metrics` | Prometheus text |
@@ -34,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{self, VerifiedKey};
 use crate::batch::{self, BatchDay};
 use crate::error::ApiError;
+use crate::live;
 use crate::speed::{SpeedDay, SpeedReader};
 
 /// What handlers share.
@@ -78,7 +84,13 @@ impl AppState {
 /// The router (tests call it without a socket).
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/v1/me", get(me))
         .route("/v1/advertisers/{id}/metrics", get(metrics_handler))
+        .route("/v1/advertisers/{id}/realtime", get(live::realtime))
+        .route("/v1/advertisers/{id}/freshness", get(live::freshness))
+        .route("/openapi.json", get(openapi))
+        .route("/", get(dashboard))
+        .route("/dashboard.js", get(dashboard_js))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
@@ -126,6 +138,46 @@ impl FromRequestParts<AppState> for Auth {
         }
         Ok(Auth(key))
     }
+}
+
+/// `GET /v1/me`: whom the presented key belongs to, so the dashboard knows which
+/// advertiser to show: `{"key_id": "...", "role": "advertiser", "advertiser_id": 12}`
+/// or `{"key_id": "...", "role": "internal"}`.
+async fn me(Auth(key): Auth) -> Json<serde_json::Value> {
+    Json(match key.principal {
+        auth::Principal::Advertiser(a) => {
+            serde_json::json!({"key_id": key.key_id, "role": "advertiser", "advertiser_id": a})
+        }
+        auth::Principal::Internal => {
+            serde_json::json!({"key_id": key.key_id, "role": "internal"})
+        }
+    })
+}
+
+/// The OpenAPI 3.0 description of this API (`serving-layer/static/openapi.json`).
+pub const OPENAPI: &str = include_str!("../static/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../static/index.html"))
+}
+
+async fn dashboard_js() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../static/dashboard.js"),
+    )
+        .into_response()
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {
@@ -313,6 +365,27 @@ async fn advertiser(
     .await
 }
 
+/// The advertiser named by a path segment, if `key` may read it: its id, reporting
+/// zone and `final_through`.
+///
+/// # Errors
+///
+/// [`ApiError::NotFound`] for a malformed id, another tenant's id and an unknown
+/// advertiser alike (no leak of existence); 503 when MySQL fails.
+pub async fn advertiser_of_key(
+    s: &AppState,
+    key: &VerifiedKey,
+    id: &str,
+) -> Result<(i64, chrono_tz::Tz, Option<NaiveDate>), ApiError> {
+    let id: i64 = id.parse().map_err(|_| ApiError::NotFound)?;
+    if !key.principal.may_read(id) {
+        return Err(ApiError::NotFound);
+    }
+    let (tz_name, final_through) = advertiser(&s.pool, id).await?.ok_or(ApiError::NotFound)?;
+    let tz = common::day::parse_tz(&tz_name).unwrap_or(chrono_tz::UTC);
+    Ok((id, tz, final_through))
+}
+
 async fn ad_campaigns(
     pool: &Pool,
     advertiser: i64,
@@ -333,13 +406,9 @@ async fn metrics_handler(
     Path(id): Path<String>,
     Query(q): Query<MetricsQuery>,
 ) -> Result<Json<MetricsAnswer>, ApiError> {
-    let id: i64 = id.parse().map_err(|_| ApiError::NotFound)?;
-    if !key.principal.may_read(id) {
-        return Err(ApiError::NotFound);
-    }
+    // Parameters first: a 400 says nothing about whether the advertiser exists.
     let range = q.validate(s.cfg.max_range_days)?;
-    let (tz_name, final_through) = advertiser(&s.pool, id).await?.ok_or(ApiError::NotFound)?;
-    let tz = common::day::parse_tz(&tz_name).unwrap_or(chrono_tz::UTC);
+    let (id, tz, final_through) = advertiser_of_key(&s, &key, &id).await?;
     let today = today(common::day::now_ms(), tz);
     let batch = batch::final_days(&s.pool, id, range.from, range.to).await?;
     let days: Vec<NaiveDate> = range
@@ -395,7 +464,7 @@ async fn metrics_handler(
     };
     Ok(Json(MetricsAnswer {
         advertiser_id: id,
-        time_zone: tz_name,
+        time_zone: tz.name().to_owned(),
         final_through,
         from: range.from,
         to: range.to,

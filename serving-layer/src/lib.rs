@@ -14,6 +14,7 @@
 //!
 //! - [`api`]: routes, parameters, the merge and the answer's shape.
 //! - [`auth`]: API keys (hashed in MySQL) and principals.
+//! - [`live`]: today's 10-second series and freshness.
 //! - [`speed`]: Redis reads. [`batch`]: MySQL reads.
 //! - [`error`]: the one JSON error shape.
 
@@ -21,4 +22,5 @@ pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod error;
+pub mod live;
 pub mod speed;

@@ -61,6 +61,9 @@ impl SpeedReader {
         advertiser: i64,
         days: &[NaiveDate],
     ) -> redis::RedisResult<BTreeMap<NaiveDate, SpeedDay>> {
+        if days.is_empty() {
+            return Ok(BTreeMap::new()); // Redis refuses an empty pipeline
+        }
         let mut pipe = redis::pipe();
         for d in days {
             for p in 0..self.partitions {
@@ -112,5 +115,64 @@ impl SpeedReader {
             .zip(counts.chunks(per))
             .map(|(k, c)| (*k, c.iter().sum()))
             .collect())
+    }
+
+    /// The 10-second series of `advertiser` on `days`: counters per window start (ms
+    /// UTC), summed over partitions. Only the series measures of the speed layer are
+    /// present (exposures, clicks, cost and the attributed/unattributed effects).
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn series(
+        &self,
+        advertiser: i64,
+        days: &[NaiveDate],
+    ) -> redis::RedisResult<BTreeMap<i64, Counters>> {
+        if days.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut pipe = redis::pipe();
+        for d in days {
+            for p in 0..self.partitions {
+                pipe.hgetall(self.keys.series(p, advertiser, *d));
+            }
+        }
+        let mut c = self.conn.clone();
+        let hashes: Vec<HashMap<String, i64>> = pipe.query_async(&mut c).await?;
+        let mut out: BTreeMap<i64, Counters> = BTreeMap::new();
+        for (f, v) in hashes.into_iter().flatten() {
+            if let Some((start, m)) = parse_field(&f) {
+                if let Some(m) = Measure::parse(m) {
+                    out.entry(start).or_default()[m] += v;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last write time (ms UTC) of `advertiser` over `days`, from the `_as_of`
+    /// field of every partition's hash; `None` when nothing was written.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn last_write(
+        &self,
+        advertiser: i64,
+        days: &[NaiveDate],
+    ) -> redis::RedisResult<Option<i64>> {
+        if days.is_empty() {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        for d in days {
+            for p in 0..self.partitions {
+                pipe.hget(self.keys.metrics(p, advertiser, *d), AS_OF_FIELD);
+            }
+        }
+        let mut c = self.conn.clone();
+        let stamps: Vec<Option<i64>> = pipe.query_async(&mut c).await?;
+        Ok(stamps.into_iter().flatten().max())
     }
 }

@@ -1,0 +1,474 @@
+//! The serving layer as an advertiser and an attacker see it: final (batch) and
+//! provisional (speed) days merged with the right flags, a day turning final while it
+//! is read, tenancy on every endpoint, keys, parameters, rate limits, the OpenAPI
+//! description.
+
+use std::time::Duration;
+
+use admetrics_tests::{TestEnv, get_json};
+use common::day::date_of;
+use common::event::DAY_MS;
+
+/// Replays a slice, runs the speed layer and the archiver until both hold everything.
+async fn pipeline_with_archive(env: &mut TestEnv, rows: usize) -> admetrics_tests::Replayed {
+    env.cfg.batch.archive_max_age = Duration::from_millis(500);
+    env.cfg.serving.rate_limit_per_second = 10_000;
+    env.cfg.serving.rate_limit_burst = 10_000;
+    let r = env.replay(rows).await;
+    env.spawn("speed", "speed-layer", &["run"]);
+    env.spawn(
+        "archiver",
+        "batch-layer",
+        &[
+            "archive",
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", admetrics_tests::free_port()),
+        ],
+    );
+    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(180)).await {
+        panic!("{e}\n{}", env.log("speed"));
+    }
+    let dir = env.state_dir.join("archive");
+    let n = r.events.len() as i64;
+    admetrics_tests::wait_until(Duration::from_secs(120), "archive", || async {
+        admetrics_tests::archive::rows(&dir) >= n
+    })
+    .await;
+    env.start_server().await;
+    r
+}
+
+/// The advertiser with clicks on the most days of the events (ties: most clicks).
+fn busiest_advertiser(events: &[common::event::Event<'_>]) -> i64 {
+    let mut days: std::collections::BTreeMap<i64, (std::collections::BTreeSet<i64>, usize)> =
+        Default::default();
+    for e in events {
+        let x = days.entry(e.advertiser_id).or_default();
+        x.0.insert(e.ts.div_euclid(DAY_MS));
+        x.1 += 1;
+    }
+    days.into_iter()
+        .max_by_key(|(_, (d, n))| (d.len(), *n))
+        .map(|(a, _)| a)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_mixes_final_and_provisional_days_with_the_right_flags() {
+    let mut env = TestEnv::new(2).await;
+    let r = pipeline_with_archive(&mut env, 15_000).await;
+    let adv = busiest_advertiser(&r.events);
+    let first = date_of(r.events.first().unwrap().ts.div_euclid(DAY_MS) as i32);
+    let last = date_of(r.events.last().unwrap().ts.div_euclid(DAY_MS) as i32);
+    let key = env.api_key(&["--advertiser", &adv.to_string()]).await;
+    let url = format!(
+        "{}/v1/advertisers/{adv}/metrics?from={first}&to={last}",
+        env.api_base()
+    );
+    let (s, before) = get_json(&url, Some(&key)).await;
+    assert_eq!(s, 200, "{before}");
+    assert!(before["final_through"].is_null());
+    assert!(
+        before["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["source"] == "speed")
+    );
+
+    // The batch run makes every day but the last final, one day at a time; a reader
+    // polls the day being computed meanwhile.
+    let final_to = last.pred_opt().unwrap();
+    let reader = {
+        let url = format!(
+            "{}/v1/advertisers/{adv}/metrics?from={final_to}&to={final_to}",
+            env.api_base()
+        );
+        let key = key.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(String, bool, String, i64, i64)> = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while std::time::Instant::now() < deadline
+                && !seen.last().is_some_and(|r| r.0 == "batch")
+            {
+                let (s, body) = get_json(&url, Some(&key)).await;
+                assert_eq!(s, 200, "{body}");
+                for row in body["rows"].as_array().unwrap() {
+                    seen.push((
+                        row["source"].as_str().unwrap().to_owned(),
+                        row["provisional"].as_bool().unwrap(),
+                        row["status"].as_str().unwrap().to_owned(),
+                        row["metrics"]["clicks"].as_i64().unwrap(),
+                        row["metrics"]["cost_micros"].as_i64().unwrap(),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        })
+    };
+    env.run(
+        "batch-layer",
+        &[
+            "recompute",
+            "--from",
+            &first.to_string(),
+            "--to",
+            &final_to.to_string(),
+        ],
+    )
+    .await
+    .expect("recompute");
+    let seen = reader.await.unwrap();
+    assert!(
+        seen.first().is_some_and(|r| r.0 == "speed") && seen.last().is_some_and(|r| r.0 == "batch"),
+        "the reader saw the day turn final: {:?} .. {:?}",
+        seen.first(),
+        seen.last()
+    );
+    // Both paths are exact for counts and sums: whichever a read saw, the numbers are
+    // the same, and the flags match the source.
+    let expected_clicks = seen[0].3;
+    for (source, provisional, status, clicks, cost) in &seen {
+        match source.as_str() {
+            "speed" => assert!(*provisional && status == "provisional"),
+            "batch" => assert!(!*provisional && status == "final"),
+            other => panic!("unknown source {other}"),
+        }
+        assert_eq!(*clicks, expected_clicks, "{source} clicks");
+        assert_eq!(*cost, seen[0].4, "{source} cost");
+    }
+
+    let (s, after) = get_json(&url, Some(&key)).await;
+    assert_eq!(s, 200, "{after}");
+    assert_eq!(after["final_through"], final_to.to_string());
+    assert_eq!(
+        after["totals"]["provisional"], true,
+        "the last day is provisional"
+    );
+    let today = date_of(common::day::now_ms().div_euclid(DAY_MS) as i32);
+    let rows_before = before["rows"].as_array().unwrap();
+    for (i, row) in after["rows"].as_array().unwrap().iter().enumerate() {
+        let day = row["day"].as_str().unwrap();
+        if day <= final_to.to_string().as_str() {
+            assert_eq!(row["source"], "batch", "{day}");
+            assert_eq!(row["provisional"], false, "{day}");
+            assert_eq!(row["status"], "final", "{day}");
+            assert!(row["computed_at"].is_string(), "{day}");
+            assert!(row.get("as_of").is_none(), "{day}");
+        } else {
+            assert_eq!(row["source"], "speed", "{day}");
+            assert_eq!(row["provisional"], true, "{day}");
+            assert_eq!(row["status"], "provisional", "{day}");
+            assert_eq!(
+                row["awaiting_batch"],
+                day < today.to_string().as_str(),
+                "{day}: a past day on speed numbers says it awaits its batch run"
+            );
+        }
+        // Speed and batch agree exactly on counts and sums, and closely on UV.
+        let b = &rows_before[i];
+        assert_eq!(b["day"], row["day"]);
+        for m in [
+            "clicks",
+            "cost_micros",
+            "orders_direct",
+            "orders_indirect",
+            "orders_unattributed",
+        ] {
+            assert_eq!(
+                b["metrics"][m], row["metrics"][m],
+                "{day} {m}: speed vs batch"
+            );
+        }
+        let (su, bu) = (
+            b["metrics"]["uv"].as_f64().unwrap(),
+            row["metrics"]["uv"].as_f64().unwrap(),
+        );
+        assert!(
+            (su - bu).abs() <= (bu * 0.02).max(1.0),
+            "{day} uv {su} vs {bu}"
+        );
+    }
+
+    // Freshness tells the same story.
+    let (s, f) = get_json(
+        &format!("{}/v1/advertisers/{adv}/freshness", env.api_base()),
+        Some(&key),
+    )
+    .await;
+    assert_eq!(s, 200, "{f}");
+    assert_eq!(f["batch"]["final_through"], final_to.to_string());
+    assert_eq!(f["batch"]["last_run"]["status"], "succeeded");
+    assert!(f["speed"]["last_write"].is_string(), "{f}");
+}
+
+/// A namespace with the dimensions of a small slice, a server and keys for two
+/// advertisers and the internal role.
+async fn server_with_keys() -> (TestEnv, i64, i64, String, String, String) {
+    let mut env = TestEnv::new(1).await;
+    let r = env.replay(300).await;
+    let mut advs: Vec<i64> = r.events.iter().map(|e| e.advertiser_id).collect();
+    advs.sort_unstable();
+    advs.dedup();
+    let (a, b) = (advs[0], advs[advs.len() - 1]);
+    env.start_server().await;
+    let ka = env.api_key(&["--advertiser", &a.to_string()]).await;
+    let kb = env.api_key(&["--advertiser", &b.to_string()]).await;
+    let ki = env.api_key(&["--internal"]).await;
+    (env, a, b, ka, kb, ki)
+}
+
+fn endpoints(base: &str, adv: i64) -> Vec<String> {
+    vec![
+        format!("{base}/v1/advertisers/{adv}/metrics?from=2026-11-01&to=2026-11-02"),
+        format!("{base}/v1/advertisers/{adv}/metrics?from=2026-11-01&to=2026-11-02&group_by=ad"),
+        format!("{base}/v1/advertisers/{adv}/realtime?minutes=30"),
+        format!("{base}/v1/advertisers/{adv}/freshness"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_sees_only_its_advertiser_and_bad_keys_get_401() {
+    let (env, a, b, ka, kb, ki) = server_with_keys().await;
+    let base = env.api_base();
+    for url in endpoints(&base, a) {
+        assert_eq!(get_json(&url, Some(&ka)).await.0, 200, "{url} own key");
+        assert_eq!(get_json(&url, Some(&ki)).await.0, 200, "{url} internal key");
+        let (s, body) = get_json(&url, Some(&kb)).await;
+        assert_eq!(s, 404, "{url} with another advertiser's key: {body}");
+        assert_eq!(body["error"]["code"], "not_found");
+        assert!(body.get("rows").is_none() && body.get("points").is_none());
+        // The same answer as for an advertiser that does not exist.
+        let ghost = url.replace(&format!("/advertisers/{a}/"), "/advertisers/987654321/");
+        assert_eq!(get_json(&ghost, Some(&kb)).await, (s, body.clone()));
+        assert_eq!(get_json(&ghost, Some(&ki)).await.0, 404);
+        assert_eq!(get_json(&url, None).await.0, 401, "{url} without a key");
+        assert_eq!(get_json(&url, Some("amk_nope_nope")).await.0, 401);
+    }
+    for url in endpoints(&base, b) {
+        assert_eq!(get_json(&url, Some(&ka)).await.0, 404, "{url}");
+    }
+    let (s, me) = get_json(&format!("{base}/v1/me"), Some(&ka)).await;
+    assert_eq!((s, me["advertiser_id"].as_i64()), (200, Some(a)));
+
+    // A revoked key stops working at once.
+    let key_id = ka.split('_').nth(1).unwrap().to_owned();
+    env.run("serving-layer", &["keys", "revoke", &key_id])
+        .await
+        .expect("revoke");
+    let (s, body) = get_json(&endpoints(&base, a)[0], Some(&ka)).await;
+    assert_eq!(s, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_parameters_get_a_400_naming_the_parameter() {
+    let (env, a, _, ka, _, _) = server_with_keys().await;
+    let m = format!("{}/v1/advertisers/{a}/metrics", env.api_base());
+    let cases = [
+        (format!("{m}?from=2026-13-01&to=2026-11-02"), "from"),
+        (format!("{m}?from=2026-11-01&to=yesterday"), "to"),
+        (format!("{m}?to=2026-11-02"), "from"),
+        (format!("{m}?from=2026-11-05&to=2026-11-02"), "from"),
+        (format!("{m}?from=2020-01-01&to=2026-11-02"), "to"),
+        (
+            format!("{m}?from=2026-11-01&to=2026-11-02&group_by=week"),
+            "group_by",
+        ),
+        (
+            format!("{}/v1/advertisers/{a}/realtime?minutes=0", env.api_base()),
+            "minutes",
+        ),
+        (
+            format!("{}/v1/advertisers/{a}/realtime?minutes=ten", env.api_base()),
+            "minutes",
+        ),
+    ];
+    for (url, parameter) in cases {
+        let (s, body) = get_json(&url, Some(&ka)).await;
+        assert_eq!(s, 400, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "bad_parameter", "{url}");
+        assert_eq!(body["error"]["parameter"], parameter, "{url}: {body}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{url}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rate_limit_gets_429_with_retry_after() {
+    let mut env = TestEnv::new(1).await;
+    env.cfg.serving.rate_limit_per_second = 1;
+    env.cfg.serving.rate_limit_burst = 3;
+    let r = env.replay(50).await;
+    let adv = r.events[0].advertiser_id;
+    env.start_server().await;
+    let key = env.api_key(&["--advertiser", &adv.to_string()]).await;
+    let other = env.api_key(&["--advertiser", &adv.to_string()]).await;
+    let url = format!("{}/v1/advertisers/{adv}/freshness", env.api_base());
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..6 {
+        let resp = client.get(&url).bearer_auth(&key).send().await.unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            retry_after = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "the burst passes");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&secs));
+    // The limit is per key: another key of the same advertiser still passes.
+    assert_eq!(get_json(&url, Some(&other)).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let (env, _, _, _, _, _) = server_with_keys().await;
+    let (s, spec) = get_json(&format!("{}/openapi.json", env.api_base()), None).await;
+    assert_eq!(s, 200);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/me",
+        "/v1/advertisers/{id}/metrics",
+        "/v1/advertisers/{id}/realtime",
+        "/v1/advertisers/{id}/freshness",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(spec["paths"][path]["get"].is_object(), "{path} documented");
+    }
+    let text = reqwest::get(format!("{}/metrics", env.api_base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(common::telemetry::HTTP_REQUESTS),
+        "the server exports its request counter\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_labels_provisional_days_in_a_headless_browser() {
+    let mut env = TestEnv::new(2).await;
+    let r = pipeline_with_archive(&mut env, 8_000).await;
+    let adv = busiest_advertiser(&r.events);
+    let first = date_of(r.events.first().unwrap().ts.div_euclid(DAY_MS) as i32);
+    let last = date_of(r.events.last().unwrap().ts.div_euclid(DAY_MS) as i32);
+    let final_to = last.pred_opt().unwrap();
+    env.run(
+        "batch-layer",
+        &[
+            "recompute",
+            "--from",
+            &first.to_string(),
+            "--to",
+            &final_to.to_string(),
+        ],
+    )
+    .await
+    .expect("recompute");
+    let key = env.api_key(&["--advertiser", &adv.to_string()]).await;
+
+    let browser = admetrics_tests::webdriver::Browser::start().await;
+    browser.goto(&format!("{}/", env.api_base())).await;
+    browser.type_into("#key", &key).await;
+    browser.click("#login-button").await;
+    browser
+        .wait_for(
+            "the dashboard after log in",
+            "return !document.getElementById('app').hidden",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser
+        .eval(
+            "document.getElementById('from').value = arguments[0];\
+             document.getElementById('to').value = arguments[1];",
+            serde_json::json!([first.to_string(), last.to_string()]),
+        )
+        .await;
+    browser.click("#show").await;
+    let days = (last - first).num_days() + 1;
+    let rows = browser
+        .wait_for(
+            "one table row per day of the range",
+            &format!(
+                "const rows = [...document.querySelectorAll('#days tbody tr')];\
+                 if (rows.length !== {days} || rows[0].dataset.day !== '{first}') return null;\
+                 return rows.map(r => [r.dataset.day, r.dataset.status, r.children[1].innerText, r.children[3].innerText]);"
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    let rows = rows.as_array().unwrap();
+    let mut provisional = 0;
+    for row in rows {
+        let (day, status, label) = (
+            row[0].as_str().unwrap(),
+            row[1].as_str().unwrap(),
+            row[2].as_str().unwrap(),
+        );
+        if day <= final_to.to_string().as_str() {
+            assert_eq!((status, label), ("final", "final"), "{day}");
+        } else {
+            provisional += 1;
+            assert_eq!(status, "provisional", "{day}");
+            assert!(
+                label.starts_with("provisional"),
+                "{day} is labelled: {label}"
+            );
+        }
+    }
+    assert_eq!(provisional, 1, "the last day is provisional");
+    // The chart draws provisional days differently and labels them.
+    let chart = browser
+        .eval(
+            "return [document.querySelectorAll('#chart rect.bar.final').length,\
+                     document.querySelectorAll('#chart rect.bar.provisional').length,\
+                     [...document.querySelectorAll('#chart .provisional-label')].map(t => t.textContent)];",
+            serde_json::json!([]),
+        )
+        .await;
+    assert_eq!(chart[0].as_i64(), Some(days - 1), "final bars: {chart}");
+    assert_eq!(chart[1].as_i64(), Some(1), "provisional bars: {chart}");
+    assert_eq!(chart[2], serde_json::json!(["prov."]));
+    // The totals say the range is partly provisional, and the live series has loaded.
+    let footer = browser
+        .eval(
+            "return document.querySelector('#days tfoot').innerText",
+            serde_json::json!([]),
+        )
+        .await;
+    assert!(
+        footer
+            .as_str()
+            .unwrap()
+            .contains("includes provisional days"),
+        "{footer}"
+    );
+    browser
+        .wait_for(
+            "the live series",
+            "return document.getElementById('live-status').textContent.startsWith('updated')",
+            Duration::from_secs(15),
+        )
+        .await;
+    let shot = std::env::temp_dir().join("admetrics-it/dashboard.png");
+    browser.screenshot(&shot).await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    eprintln!("dashboard screenshot: {}", shot.display());
+    browser.quit().await;
+}
