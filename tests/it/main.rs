@@ -3,6 +3,7 @@
 
 mod attribution;
 mod batch;
+mod bi;
 mod crash;
 mod dlq;
 mod e2e;

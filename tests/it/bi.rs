@@ -1,0 +1,341 @@
+//! The BI path on the real ClickHouse: after a replay of the data set (plus hand-made
+//! consultation -> order -> payment chains, which the data set lacks), the detail
+//! table holds every event exactly once, and every example query of `docs/bi.md`
+//! answers what plain code computes from the raw events.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use admetrics_tests::{TestEnv, reference, wait_until};
+use common::event::{DAY_MS, Event, EventKind};
+use mysql_async::prelude::Queryable;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+const ROWS: usize = 10_000;
+/// Hand-made users; user `i` goes `i % 4 + 1` steps down the funnel.
+const CHAIN_USERS: i64 = 24;
+
+/// Runs `sql` on this test's ClickHouse database and returns the `data` rows.
+async fn ch(env: &TestEnv, sql: &str) -> Vec<Value> {
+    let c = &env.cfg.clickhouse;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/?database={}", c.url, c.database))
+        .body(format!("{sql} FORMAT JSON"))
+        .send()
+        .await
+        .expect("ClickHouse answers");
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "{sql}\n{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// A number from ClickHouse JSON (64-bit integers come quoted).
+fn n(v: &Value) -> f64 {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The named query of `docs/bi.md`, with `{from}` and `{to}` filled in.
+fn doc_query(name: &str, from: &str, to: &str) -> String {
+    let doc = include_str!("../../docs/bi.md");
+    let marker = format!("-- name: {name}\n");
+    let start = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("docs/bi.md has no query {name}"))
+        + marker.len();
+    let end = start + doc[start..].find("```").expect("end of the SQL block");
+    doc[start..end].replace("{from}", from).replace("{to}", to)
+}
+
+/// Consultation -> order -> payment chains after a click, on an ad of the slice.
+fn chains(base: &Event<'_>, t0: i64) -> Vec<Event<'static>> {
+    let mut out = Vec::new();
+    for i in 0..CHAIN_USERS {
+        let user = format!("bi-user-{i}");
+        let ts = t0 + i * 1_000;
+        let mk = |kind: EventKind, step: i64| Event {
+            v: 1,
+            kind,
+            event_id: format!("bi-{i}-{step}").into(),
+            ts: ts + step * 60_000,
+            user_id: user.clone().into(),
+            ad_id: (kind == EventKind::Click).then_some(base.ad_id.unwrap()),
+            advertiser_id: base.advertiser_id,
+            product_id: base.product_id,
+            cost_micros: (kind == EventKind::Click).then_some(200_000),
+            gmv_micros: (kind == EventKind::Payment).then_some(5_000_000 + i * 1_000),
+        };
+        let steps = [
+            EventKind::Click,
+            EventKind::Consultation,
+            EventKind::Order,
+            EventKind::Payment,
+        ];
+        for (step, kind) in steps.iter().enumerate().take((i % 4 + 1) as usize) {
+            out.push(mk(*kind, step as i64));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analyst_queries_of_docs_bi_md_answer_from_the_raw_events() {
+    let mut env = TestEnv::new(2).await;
+    env.cfg.clickhouse.batch_interval = Duration::from_secs(1);
+    let r = env.replay(ROWS).await;
+    // The chains start at the slice's last click, so they are the newest traffic.
+    let base = r
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.kind == EventKind::Click)
+        .unwrap()
+        .clone();
+    let extra = chains(&base, base.ts - 10 * 60_000);
+    let producer: FutureProducer = common::kafka::producer_config(&env.cfg.kafka)
+        .create()
+        .unwrap();
+    for e in &extra {
+        let topic = env.cfg.kafka.topic(e.kind.topic());
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(e.user_id.as_bytes())
+                    .payload(&e.to_json()),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let mut events = r.events.clone();
+    events.extend(extra);
+    env.spawn("speed", "speed-layer", &["run"]);
+    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(180)).await {
+        panic!("{e}\n{}", env.log("speed"));
+    }
+    let unique: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_ref()).collect();
+    wait_until(
+        Duration::from_secs(60),
+        "every event in ClickHouse",
+        || async {
+            let rows = ch(&env, "SELECT count() AS c FROM events FINAL").await;
+            rows.first()
+                .is_some_and(|r| n(&r["c"]) as usize >= unique.len())
+        },
+    )
+    .await;
+    let rows = ch(
+        &env,
+        "SELECT count() AS c, uniqExact(event_id) AS u FROM events FINAL",
+    )
+    .await;
+    assert_eq!(n(&rows[0]["c"]) as usize, unique.len(), "one row per event");
+    assert_eq!(n(&rows[0]["u"]) as usize, unique.len());
+
+    let day = |ts: i64| common::day::date_of(ts.div_euclid(DAY_MS) as i32).to_string();
+    let from = day(events.iter().map(|e| e.ts).min().unwrap());
+    let to = day(events.iter().map(|e| e.ts).max().unwrap());
+    let expected = reference::compute(&events);
+
+    // Daily metrics from the rollup: every (day, advertiser, ad) exactly.
+    let got = ch(&env, &doc_query("daily_metrics", &from, &to)).await;
+    let mut got_keys = BTreeSet::new();
+    for row in &got {
+        let adv = n(&row["advertiser_id"]) as i64;
+        let ad = n(&row["ad_id"]) as i64;
+        let d = common::day::day_num(common::day::parse_date(row["day"].as_str().unwrap()).unwrap())
+            as i64;
+        let want = expected.get(&(adv, d, ad)).cloned().unwrap_or_default();
+        let effect = |name: &str| want.effects.get(name).copied().unwrap_or(0) as f64;
+        let ctx = format!("{} adv {adv} ad {ad}", row["day"]);
+        assert_eq!(n(&row["clicks"]), want.clicks as f64, "{ctx}");
+        assert_eq!(n(&row["cost_micros"]), want.cost_micros as f64, "{ctx}");
+        assert_eq!(n(&row["exposures"]), want.exposures as f64, "{ctx}");
+        for m in ["orders_direct", "orders_indirect", "orders_unattributed"] {
+            assert_eq!(n(&row[m]), effect(m), "{ctx} {m}");
+        }
+        assert_eq!(
+            n(&row["payments_attributed"]),
+            effect("payments_direct") + effect("payments_indirect"),
+            "{ctx}"
+        );
+        assert_eq!(
+            n(&row["gmv_micros_attributed"]),
+            effect("gmv_micros_direct") + effect("gmv_micros_indirect"),
+            "{ctx}"
+        );
+        got_keys.insert((adv, d, ad));
+    }
+    let want_keys: BTreeSet<(i64, i64, i64)> = expected.keys().copied().collect();
+    assert_eq!(got_keys, want_keys, "the rollup has one row per ad-day");
+
+    // Funnel: the deepest step per (user, advertiser), as windowFunnel defines it.
+    let got: BTreeMap<i64, i64> = ch(&env, &doc_query("funnel", &from, &to))
+        .await
+        .iter()
+        .map(|r| (n(&r["level"]) as i64, n(&r["users"]) as i64))
+        .collect();
+    assert_eq!(got, funnel_levels(&events), "funnel");
+    assert!(got.get(&4).copied().unwrap_or(0) >= CHAIN_USERS / 4);
+
+    // 7-day retention of converting users.
+    let got: Vec<(String, i64, i64)> = ch(&env, &doc_query("retention_7d", &from, &to))
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r["first_order_day"].as_str().unwrap().to_owned(),
+                n(&r["converters"]) as i64,
+                n(&r["retained_7d"]) as i64,
+            )
+        })
+        .collect();
+    assert_eq!(got, retention(&events), "retention");
+    assert!(!got.is_empty());
+
+    // Top categories by ROAS, with categories from the dimension tables.
+    let got: Vec<(i64, i64, i64)> = ch(&env, &doc_query("top_categories_by_roas", &from, &to))
+        .await
+        .iter()
+        .map(|r| {
+            (
+                n(&r["category_id"]) as i64,
+                n(&r["cost_micros"]) as i64,
+                n(&r["gmv_micros_attributed"]) as i64,
+            )
+        })
+        .collect();
+    assert_eq!(got, top_categories(&env, &events).await, "top categories");
+    assert!(got[0].2 > 0, "the chains' category leads");
+}
+
+/// windowFunnel(86400) over (user, advertiser): events by (second, step), a chain
+/// starts at a click and each next step must come within 24 h of its chain's start.
+fn funnel_levels(events: &[Event<'_>]) -> BTreeMap<i64, i64> {
+    let mut by_user: HashMap<(&str, i64), Vec<(i64, usize)>> = HashMap::new();
+    let mut seen = BTreeSet::new();
+    for e in events {
+        if !seen.insert(e.event_id.as_ref()) {
+            continue;
+        }
+        let step = match e.kind {
+            EventKind::Click => Some(0),
+            EventKind::Consultation => Some(1),
+            EventKind::Order => Some(2),
+            EventKind::Payment => Some(3),
+            _ => None,
+        };
+        let list = by_user
+            .entry((e.user_id.as_ref(), e.advertiser_id))
+            .or_default();
+        if let Some(s) = step {
+            list.push((e.ts.div_euclid(1_000), s));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (_, mut list) in by_user {
+        list.sort_unstable();
+        let mut start: [Option<i64>; 4] = [None; 4];
+        for (t, s) in list {
+            if s == 0 {
+                start[0] = Some(t);
+            } else if let Some(s0) = start[s - 1].filter(|s0| t <= s0 + 86_400) {
+                start[s] = Some(s0);
+            }
+        }
+        let level = start.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        *out.entry(level as i64).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Users by the day of their first order, and those with any event in the 7 days after.
+fn retention(events: &[Event<'_>]) -> Vec<(String, i64, i64)> {
+    let mut days: HashMap<&str, (Option<i64>, BTreeSet<i64>)> = HashMap::new();
+    for e in events {
+        let d = e.ts.div_euclid(DAY_MS);
+        let x = days.entry(e.user_id.as_ref()).or_default();
+        x.1.insert(d);
+        if e.kind == EventKind::Order {
+            x.0 = Some(x.0.map_or(d, |f: i64| f.min(d)));
+        }
+    }
+    let mut out: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for (first, all) in days.values() {
+        if let Some(f) = first {
+            let x = out.entry(*f).or_default();
+            x.0 += 1;
+            x.1 += i64::from(all.range(f + 1..=f + 7).next().is_some());
+        }
+    }
+    out.into_iter()
+        .map(|(d, (c, r))| (common::day::date_of(d as i32).to_string(), c, r))
+        .collect()
+}
+
+/// Cost and attributed GMV per product category, top 10 by ROAS then category.
+async fn top_categories(env: &TestEnv, events: &[Event<'_>]) -> Vec<(i64, i64, i64)> {
+    let pool = env.mysql();
+    let mut c = pool.get_conn().await.unwrap();
+    let product_category: HashMap<i64, i64> = c
+        .query("SELECT product_id, category_id FROM products")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let ad_product: HashMap<i64, i64> = c
+        .query("SELECT ad_id, product_id FROM ads")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    drop(c);
+    pool.disconnect().await.ok();
+    // Attributed payments: those the reference credits to an ad.
+    let attributed_gmv: i64 = reference::compute(events)
+        .iter()
+        .filter(|((_, _, ad), _)| *ad != 0)
+        .map(|(_, x)| {
+            x.effects.get("gmv_micros_direct").copied().unwrap_or(0)
+                + x.effects.get("gmv_micros_indirect").copied().unwrap_or(0)
+        })
+        .sum();
+    let mut per: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for e in events {
+        if !seen.insert(e.event_id.as_ref()) {
+            continue;
+        }
+        let product = match e.kind {
+            EventKind::Click => ad_product.get(&e.ad_id.unwrap()).copied(),
+            EventKind::Payment => e.product_id,
+            _ => None,
+        };
+        let Some(cat) = product.and_then(|p| product_category.get(&p)).copied() else {
+            continue;
+        };
+        let x = per.entry(cat).or_default();
+        x.0 += e.cost_micros.unwrap_or(0);
+        x.1 += e.gmv_micros.unwrap_or(0);
+    }
+    // Every payment of the test is attributed (each chain starts with its click).
+    let total: i64 = per.values().map(|x| x.1).sum();
+    assert_eq!(total, attributed_gmv, "all GMV of the test is attributed");
+    let mut rows: Vec<(i64, i64, i64)> = per
+        .into_iter()
+        .filter(|(_, (cost, _))| *cost > 0)
+        .map(|(cat, (cost, gmv))| (cat, cost, gmv))
+        .collect();
+    rows.sort_by(|a, b| {
+        let ra = a.2 as f64 / a.1 as f64;
+        let rb = b.2 as f64 / b.1 as f64;
+        rb.total_cmp(&ra).then(a.0.cmp(&b.0))
+    });
+    rows.truncate(10);
+    rows
+}
