@@ -36,10 +36,11 @@
 //! - [`dlq`]: the dead-letter producer.
 //! - [`clickhouse_sink`]: batched, retried, spilled ClickHouse writes.
 //! - [`replay`]: the data-set replay command.
-//! - [`bench`]: the pipeline benchmark.
+//! - [`bench`]: the pipeline benchmark. [`bench_e2e`]: throughput and freshness through Kafka and Redis.
 //! - [`status`]: per-partition progress (lag, open windows).
 
 pub mod bench;
+pub mod bench_e2e;
 pub mod clickhouse_sink;
 pub mod consumer;
 pub mod dims;

@@ -77,6 +77,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50_000)]
         flush_every: usize,
     },
+    /// Throughput and freshness producer -> Kafka -> speed layer -> Redis, against a
+    /// running `speed-layer run` with the same configuration.
+    E2e {
+        /// The data set (its busiest advertiser's users and ads are used).
+        #[arg(long)]
+        data: PathBuf,
+        /// Clicks to produce.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Clicks per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Longest wait for every click to show up in Redis, seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -153,6 +169,26 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
                     .await
                     .context("ClickHouse schema")?;
             }
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                BenchCommand::E2e {
+                    data,
+                    events,
+                    rate,
+                    timeout,
+                },
+        } => {
+            let figures = speed_layer::bench_e2e::run(
+                &cfg,
+                &data,
+                events,
+                rate,
+                std::time::Duration::from_secs(timeout),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
         Command::Bench { .. } => unreachable!("handled before the runtime starts"),

@@ -339,3 +339,151 @@ async fn top_categories(env: &TestEnv, events: &[Event<'_>]) -> Vec<(i64, i64, i
     rows.truncate(10);
     rows
 }
+
+/// A ClickHouse server of this test's own (the shared one keeps serving the other
+/// tests), on free ports, with its data under the test's state directory so that a
+/// restart finds it again.
+struct OwnClickHouse {
+    config: std::path::PathBuf,
+    http_port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnClickHouse {
+    fn new(env: &TestEnv) -> OwnClickHouse {
+        let state = env.state_dir.join("ch");
+        std::fs::create_dir_all(state.join("logs")).unwrap();
+        std::fs::create_dir_all(state.join("clickhouse")).unwrap();
+        let http_port = admetrics_tests::free_port();
+        let template = include_str!("../../deploy/local/clickhouse.xml");
+        let config = state.join("config.xml");
+        std::fs::write(
+            &config,
+            template
+                .replace("@STATE@", state.to_str().unwrap())
+                .replace("@HTTP_PORT@", &http_port.to_string())
+                .replace("@TCP_PORT@", &admetrics_tests::free_port().to_string()),
+        )
+        .unwrap();
+        OwnClickHouse {
+            config,
+            http_port,
+            child: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    async fn start(&mut self) {
+        let child = tokio::process::Command::new("clickhouse-server")
+            .arg(format!("--config-file={}", self.config.display()))
+            .current_dir(self.config.parent().unwrap())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("clickhouse-server (deploy/local/up.sh installs it)");
+        self.child = Some(child);
+        let ping = format!("{}/ping", self.url());
+        wait_until(Duration::from_secs(60), "own ClickHouse", || async {
+            reqwest::get(&ping)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.ok();
+        }
+    }
+}
+
+fn files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_down_past_the_retries_spills_and_replay_spill_loads_every_event_once() {
+    let mut env = TestEnv::new(2).await;
+    let mut own = OwnClickHouse::new(&env);
+    own.start().await;
+    env.cfg.clickhouse.url = own.url();
+    env.cfg.clickhouse.batch_interval = Duration::from_millis(500);
+    env.cfg.clickhouse.max_attempts = 2;
+    env.cfg.clickhouse.retry_min_delay = Duration::from_millis(100);
+    env.cfg.clickhouse.retry_max_delay = Duration::from_millis(200);
+    speed_layer::clickhouse_sink::migrate(&env.cfg.clickhouse)
+        .await
+        .expect("schema on the own server");
+    let data = admetrics_tests::dataset_path();
+    let mut rows = common::dataset::read(&data).unwrap();
+    rows.truncate(4_000);
+    let shift = common::dataset::shift_days(&rows, common::day::now_ms(), false);
+    let events = common::dataset::events(&rows, shift);
+    env.spawn("speed", "speed-layer", &["run"]);
+    // A paced replay (~25 s) with ClickHouse gone in the middle of it.
+    env.spawn(
+        "replay",
+        "speed-layer",
+        &[
+            "replay",
+            "--data",
+            data.to_str().unwrap(),
+            "--limit",
+            "4000",
+            "--speed",
+            "10000",
+            "--shift",
+            &shift.to_string(),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    own.kill().await;
+    let spill = env.state_dir.join("clickhouse/spill");
+    wait_until(Duration::from_secs(60), "a spilled batch", || {
+        let n = files_in(&spill);
+        async move { n > 0 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    own.start().await;
+    wait_until(Duration::from_secs(120), "the replay to finish", || {
+        let running = env.running("replay");
+        async move { !running }
+    })
+    .await;
+    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(120)).await {
+        panic!("{e}\n{}", env.log("speed"));
+    }
+    // The sink has written what came after the restart; the spilled batches wait.
+    env.terminate("speed", Duration::from_secs(30)).await;
+    let spilled = files_in(&spill);
+    assert!(
+        spilled > 0,
+        "batches were spilled while ClickHouse was down"
+    );
+    let out = env
+        .run("speed-layer", &["replay-spill"])
+        .await
+        .expect("replay-spill");
+    assert_eq!(
+        files_in(&spill),
+        0,
+        "every spilled file is deleted once written: {out}"
+    );
+    let rows = ch(
+        &env,
+        "SELECT count() AS c, uniqExact(event_id) AS u FROM events FINAL",
+    )
+    .await;
+    assert_eq!(
+        n(&rows[0]["u"]) as usize,
+        events.len(),
+        "every event is in ClickHouse"
+    );
+    assert_eq!(n(&rows[0]["c"]) as usize, events.len(), "exactly once");
+}
