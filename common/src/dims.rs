@@ -4,7 +4,7 @@
 //! The speed layer puts these behind bounded TTL caches; the batch layer loads the
 //! (small) ad table once per run.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use chrono_tz::Tz;
 use mysql_async::Pool;

@@ -37,8 +37,10 @@ pub struct PipelineFigures {
     pub accepted: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
-    /// Rejected events.
+    /// Rejected events (dimension join).
     pub rejected: u64,
+    /// Events that failed decoding or validation, by reason code.
+    pub invalid: std::collections::BTreeMap<&'static str, u64>,
     /// Effects direct / indirect / unattributed.
     pub attributed: [u64; 3],
     /// Clicks held in state at the end.
@@ -120,12 +122,14 @@ pub fn run(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Resul
     let rss_before = rss_kib();
     let started = Instant::now();
     let mut offsets = [0_i64; 2];
+    let mut invalid = std::collections::BTreeMap::new();
     for (i, (topic, line)) in lines.iter().enumerate() {
         let topic = *topic;
         let off = offsets[topic.index()];
         offsets[topic.index()] += 1;
-        if let Ok(e) = decode(line, topic, now, &limits) {
-            std::hint::black_box(proc.process(topic, off, &e, &dims));
+        match decode(line, topic, now, &limits) {
+            Ok(e) => _ = std::hint::black_box(proc.process(topic, off, &e, &dims)),
+            Err(r) => *invalid.entry(r.reason.as_str()).or_insert(0) += 1,
         }
         proc.consumed(topic, off);
         if (i + 1) % flush_every == 0 {
@@ -146,6 +150,7 @@ pub fn run(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Resul
         accepted: s.accepted.iter().sum(),
         duplicates: s.duplicates,
         rejected: s.rejected,
+        invalid,
         attributed: s.attributed,
         clicks_tracked: clicks,
         approx_bytes_per_click: APPROX_BYTES_PER_CLICK,

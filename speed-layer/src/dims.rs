@@ -10,7 +10,7 @@
 //! system write dimension rows before they produce events, so an unknown ad is a
 //! data error to fix and re-drive, not a row that will appear by waiting.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -25,7 +25,7 @@
 //! A quiet partition lets its watermarks follow the wall clock
 //! ([`Processor::advance_idle`]), so waits end on a live stream without traffic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use common::attribution::{Attribution, ClickRef, Rules, attribute};
 use common::counters::UNATTRIBUTED_AD;
@@ -159,7 +159,7 @@ pub struct Processor {
     /// Stage 2: effects no click explained yet, by (deadline, seq).
     orphans: BTreeMap<(i64, i64), PendingEffect>,
     /// Stage-2 keys by (user hash, advertiser), for late clicks.
-    orphans_by_user: HashMap<(u64, i64), Vec<(i64, i64)>>,
+    orphans_by_user: rustc_hash::FxHashMap<(u64, i64), Vec<(i64, i64)>>,
     pending_added: BTreeMap<i64, PendingEffect>,
     pending_removed: Vec<i64>,
     windows: Windows,
@@ -179,7 +179,7 @@ impl Processor {
             clicks: ClickIndex::new(cfg.rules.lookback_ms),
             pending: BTreeMap::new(),
             orphans: BTreeMap::new(),
-            orphans_by_user: HashMap::new(),
+            orphans_by_user: rustc_hash::FxHashMap::default(),
             pending_added: BTreeMap::new(),
             pending_removed: Vec::new(),
             windows: Windows::new(cfg.window_ms),
