@@ -160,7 +160,8 @@ pub fn run(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Resul
     })
 }
 
-fn topic_of(line: &[u8]) -> TopicKind {
+/// The topic an event of the load goes to (by its `kind`).
+pub(crate) fn topic_of(line: &[u8]) -> TopicKind {
     #[derive(serde::Deserialize)]
     struct Kind {
         kind: EventKind,

@@ -37,10 +37,12 @@
 //! - [`clickhouse_sink`]: batched, retried, spilled ClickHouse writes.
 //! - [`replay`]: the data-set replay command.
 //! - [`bench`]: the pipeline benchmark. [`bench_e2e`]: throughput and freshness through Kafka and Redis.
+//!   [`bench_sink`]: ClickHouse sink inserts.
 //! - [`status`]: per-partition progress (lag, open windows).
 
 pub mod bench;
 pub mod bench_e2e;
+pub mod bench_sink;
 pub mod clickhouse_sink;
 pub mod consumer;
 pub mod dims;

@@ -93,6 +93,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// ClickHouse sink insert throughput (drops and re-creates `clickhouse.database`).
+    Sink {
+        /// JSON-lines files of the standard load.
+        files: Vec<PathBuf>,
+        /// Detail rows to insert.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Where to write the batches and the `clickhouse-client` file.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -188,6 +199,13 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
                 std::time::Duration::from_secs(timeout),
             )
             .await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Bench {
+            which: BenchCommand::Sink { files, rows, dir },
+        } => {
+            let figures = speed_layer::bench_sink::run(&cfg, &files, rows, &dir).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
