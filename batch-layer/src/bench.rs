@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use chrono::{DateTime, NaiveDate, Timelike};
-use common::dims::{AdDim, AdvertiserDim, ProductDim, StaticDimensions};
+use common::dims::StaticDimensions;
 use common::event::{Event, EventKind};
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -26,44 +26,6 @@ use crate::archive::layout;
 use crate::archive::schema::{ArchivedEvent, encode_parquet};
 use crate::archive::store::Archive;
 use crate::recompute::{self, Options};
-
-/// Dimensions for the standard load's id scheme (`ad = advertiser * 100 + k`,
-/// `product = advertiser * 200 + p`), all advertisers on UTC.
-pub fn synthetic_dims(advertisers: i64) -> StaticDimensions {
-    let mut d = StaticDimensions::default();
-    for adv in 0..advertisers {
-        d.advertisers.insert(
-            adv,
-            AdvertiserDim {
-                advertiser_id: adv,
-                tz: chrono_tz::UTC,
-            },
-        );
-        for k in 0..10 {
-            let ad = adv * 100 + k;
-            d.ads.insert(
-                ad,
-                AdDim {
-                    ad_id: ad,
-                    campaign_id: adv * 10 + k / 5,
-                    advertiser_id: adv,
-                    product_id: adv * 200 + k,
-                    category_id: k,
-                },
-            );
-        }
-        for p in 0..20 {
-            d.products.insert(
-                adv * 200 + p,
-                ProductDim {
-                    product_id: adv * 200 + p,
-                    category_id: p % 10,
-                },
-            );
-        }
-    }
-    d
-}
 
 /// Converts `events-*.parquet` files of the generator into the archive at `archive`
 /// with `partitions` partitions. Returns rows written.
@@ -201,7 +163,7 @@ pub async fn run(
     opts: Options,
     advertisers: i64,
 ) -> anyhow::Result<RecomputeFigures> {
-    let dims = Arc::new(synthetic_dims(advertisers));
+    let dims = Arc::new(StaticDimensions::standard_load(advertisers));
     let started = Instant::now();
     let plan = recompute::input::plan(archive, topics, day, 0, opts.lookback_days()).await?;
     let (r, _) =

@@ -67,6 +67,48 @@ pub struct StaticDimensions {
     pub products: HashMap<i64, ProductDim>,
 }
 
+impl StaticDimensions {
+    /// Dimensions of the standard benchmark load (`../shared/bench/gen_events.py`):
+    /// advertisers `0..advertisers`, all on UTC; ads `advertiser * 100 + k` (k < 10,
+    /// campaign `advertiser * 10 + k / 5`, product `advertiser * 200 + k`, category k);
+    /// products `advertiser * 200 + p` (p < 20, category `p % 10`).
+    pub fn standard_load(advertisers: i64) -> StaticDimensions {
+        let mut d = StaticDimensions::default();
+        for adv in 0..advertisers {
+            d.advertisers.insert(
+                adv,
+                AdvertiserDim {
+                    advertiser_id: adv,
+                    tz: chrono_tz::UTC,
+                },
+            );
+            for k in 0..10 {
+                let ad = adv * 100 + k;
+                d.ads.insert(
+                    ad,
+                    AdDim {
+                        ad_id: ad,
+                        campaign_id: adv * 10 + k / 5,
+                        advertiser_id: adv,
+                        product_id: adv * 200 + k,
+                        category_id: k,
+                    },
+                );
+            }
+            for p in 0..20 {
+                d.products.insert(
+                    adv * 200 + p,
+                    ProductDim {
+                        product_id: adv * 200 + p,
+                        category_id: p % 10,
+                    },
+                );
+            }
+        }
+        d
+    }
+}
+
 impl Dimensions for StaticDimensions {
     fn ad(&self, ad_id: i64) -> Option<AdDim> {
         self.ads.get(&ad_id).copied()

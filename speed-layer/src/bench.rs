@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use common::config::Config;
 use common::decode::{Limits, decode};
-use common::dims::{AdDim, AdvertiserDim, ProductDim, StaticDimensions};
+use common::dims::StaticDimensions;
 use common::event::{EventKind, TopicKind};
 use serde::Serialize;
 
@@ -54,44 +54,6 @@ pub struct PipelineFigures {
     pub peak_rss_mib: f64,
 }
 
-/// Dimensions for the standard load's id scheme.
-pub fn synthetic_dims(max_advertiser: i64) -> StaticDimensions {
-    let mut d = StaticDimensions::default();
-    for adv in 0..=max_advertiser {
-        d.advertisers.insert(
-            adv,
-            AdvertiserDim {
-                advertiser_id: adv,
-                tz: chrono_tz::UTC,
-            },
-        );
-        for k in 0..10 {
-            let ad = adv * 100 + k;
-            let product = adv * 200 + k;
-            d.ads.insert(
-                ad,
-                AdDim {
-                    ad_id: ad,
-                    campaign_id: adv * 10 + k / 5,
-                    advertiser_id: adv,
-                    product_id: product,
-                    category_id: k,
-                },
-            );
-        }
-        for p in 0..20 {
-            d.products.insert(
-                adv * 200 + p,
-                ProductDim {
-                    product_id: adv * 200 + p,
-                    category_id: p % 10,
-                },
-            );
-        }
-    }
-    d
-}
-
 /// Runs the pipeline benchmark over `files`.
 ///
 /// # Errors
@@ -108,7 +70,7 @@ pub fn run(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Resul
         }
     }
     // Advertiser ids from the load's default (1 000) with room for larger runs.
-    let dims = synthetic_dims(10_000);
+    let dims = StaticDimensions::standard_load(10_001);
     let mut pcfg = ProcessorConfig::from_config(0, cfg);
     pcfg.detail_rows = false;
     let mut proc = Processor::new(pcfg);

@@ -106,7 +106,7 @@ pub async fn run(
 
 /// Runs the speed layer's core over the load and keeps its detail rows.
 fn detail_rows(cfg: &Config, files: &[PathBuf], rows: usize) -> anyhow::Result<Vec<DetailRow>> {
-    let dims = crate::bench::synthetic_dims(10_000);
+    let dims = common::dims::StaticDimensions::standard_load(10_001);
     let mut pcfg = ProcessorConfig::from_config(0, cfg);
     pcfg.detail_rows = true;
     let mut proc = Processor::new(pcfg);

@@ -13,19 +13,6 @@ use common::event::DAY_MS;
 use mysql_async::prelude::Queryable;
 use rand::Rng;
 
-/// Starts the archiver with small batches (many files, many commits).
-fn start_archiver(env: &mut TestEnv) {
-    env.spawn(
-        "archiver",
-        "batch-layer",
-        &[
-            "archive",
-            "--metrics-listen",
-            &format!("127.0.0.1:{}", admetrics_tests::free_port()),
-        ],
-    );
-}
-
 async fn archive_all(env: &mut TestEnv, expected_rows: usize) {
     let dir = env.state_dir.join("archive");
     let timeout = Duration::from_secs(120);
@@ -93,7 +80,7 @@ async fn archive_is_exact_and_recompute_equals_an_independent_computation() {
     env.cfg.batch.archive_max_rows = 3_000;
     env.cfg.batch.archive_max_age = Duration::from_millis(500);
     let r = env.replay(20_000).await;
-    start_archiver(&mut env);
+    env.start_archiver();
     archive_all(&mut env, r.events.len()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let counts = archive::event_id_counts(&env.state_dir.join("archive"));
@@ -106,19 +93,7 @@ async fn archive_is_exact_and_recompute_equals_an_independent_computation() {
     );
 
     let (first, last) = days_of(&r.events);
-    let out = env
-        .run(
-            "batch-layer",
-            &[
-                "recompute",
-                "--from",
-                &first.to_string(),
-                "--to",
-                &last.to_string(),
-            ],
-        )
-        .await
-        .expect("recompute");
+    let out = env.recompute(first, last).await;
     assert!(out.contains("0 failed"), "{out}");
     let expected = reference::compute(&r.events);
     let per_day = reference::per_day(&expected);
@@ -198,7 +173,7 @@ async fn sigkilled_archiver_leaves_no_duplicate_and_no_gap() {
     let dir = env.state_dir.join("archive");
     let mut kills = 0;
     for _ in 0..4 {
-        start_archiver(&mut env);
+        env.start_archiver();
         let wait = rand::rng().random_range(400..1_500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         env.kill("archiver").await;
@@ -208,7 +183,7 @@ async fn sigkilled_archiver_leaves_no_duplicate_and_no_gap() {
         }
     }
     assert!(kills >= 1);
-    start_archiver(&mut env);
+    env.start_archiver();
     archive_all(&mut env, r.events.len()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let counts = archive::event_id_counts(&dir);
@@ -238,7 +213,7 @@ async fn missing_or_corrupt_input_fails_the_run_without_partial_results() {
 
     // Corrupt: a final day whose file is damaged keeps its final results.
     let r = env.replay(3_000).await;
-    start_archiver(&mut env);
+    env.start_archiver();
     archive_all(&mut env, r.events.len()).await;
     let (_, last) = days_of(&r.events);
     env.run("batch-layer", &["recompute", "--day", &last.to_string()])
@@ -271,21 +246,10 @@ async fn late_data_for_a_final_day_is_archived_noticed_and_revised() {
     let mut env = TestEnv::new(2).await;
     env.cfg.batch.archive_max_age = Duration::from_millis(300);
     let r = env.replay(3_000).await;
-    start_archiver(&mut env);
+    env.start_archiver();
     archive_all(&mut env, r.events.len()).await;
     let (first, last) = days_of(&r.events);
-    env.run(
-        "batch-layer",
-        &[
-            "recompute",
-            "--from",
-            &first.to_string(),
-            "--to",
-            &last.to_string(),
-        ],
-    )
-    .await
-    .expect("recompute");
+    env.recompute(first, last).await;
     let before = db_rows(&env, first).await;
     // A late click for the first (final) day, on an ad of the data set.
     let late_ts = r.events[0].ts + 1;

@@ -16,15 +16,7 @@ async fn pipeline_with_archive(env: &mut TestEnv, rows: usize) -> admetrics_test
     env.cfg.serving.rate_limit_burst = 10_000;
     let r = env.replay(rows).await;
     env.spawn("speed", "speed-layer", &["run"]);
-    env.spawn(
-        "archiver",
-        "batch-layer",
-        &[
-            "archive",
-            "--metrics-listen",
-            &format!("127.0.0.1:{}", admetrics_tests::free_port()),
-        ],
-    );
+    env.start_archiver();
     if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(180)).await {
         panic!("{e}\n{}", env.log("speed"));
     }
@@ -107,18 +99,7 @@ async fn a_range_mixes_final_and_provisional_days_with_the_right_flags() {
             seen
         })
     };
-    env.run(
-        "batch-layer",
-        &[
-            "recompute",
-            "--from",
-            &first.to_string(),
-            "--to",
-            &final_to.to_string(),
-        ],
-    )
-    .await
-    .expect("recompute");
+    env.recompute(first, final_to).await;
     let seen = reader.await.unwrap();
     assert!(
         seen.first().is_some_and(|r| r.0 == "speed") && seen.last().is_some_and(|r| r.0 == "batch"),
@@ -368,18 +349,7 @@ async fn the_dashboard_labels_provisional_days_in_a_headless_browser() {
     let first = date_of(r.events.first().unwrap().ts.div_euclid(DAY_MS) as i32);
     let last = date_of(r.events.last().unwrap().ts.div_euclid(DAY_MS) as i32);
     let final_to = last.pred_opt().unwrap();
-    env.run(
-        "batch-layer",
-        &[
-            "recompute",
-            "--from",
-            &first.to_string(),
-            "--to",
-            &final_to.to_string(),
-        ],
-    )
-    .await
-    .expect("recompute");
+    env.recompute(first, final_to).await;
     let key = env.api_key(&["--advertiser", &adv.to_string()]).await;
 
     let browser = admetrics_tests::webdriver::Browser::start().await;

@@ -318,6 +318,29 @@ impl TestEnv {
         .await;
     }
 
+    /// Starts the batch layer's archiver (child `archiver`) with a metrics port of its
+    /// own.
+    pub fn start_archiver(&mut self) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        self.spawn(
+            "archiver",
+            "batch-layer",
+            &["archive", "--metrics-listen", &listen],
+        );
+    }
+
+    /// Runs `batch-layer recompute --from FROM --to TO` and returns its output.
+    ///
+    /// # Panics
+    ///
+    /// When the command fails.
+    pub async fn recompute(&self, from: chrono::NaiveDate, to: chrono::NaiveDate) -> String {
+        let (from, to) = (from.to_string(), to.to_string());
+        self.run("batch-layer", &["recompute", "--from", &from, "--to", &to])
+            .await
+            .expect("recompute")
+    }
+
     /// Creates an API key (`--advertiser N` or `--internal`).
     pub async fn api_key(&self, args: &[&str]) -> String {
         let mut a = vec!["keys", "create"];
