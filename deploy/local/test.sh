@@ -12,6 +12,18 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver \
     >"$LOGS/apt-chromium.log" 2>&1 || die "apt-get install chromium chromium-driver failed (see $LOGS/apt-chromium.log)"
 fi
+# Each test works in a namespace of its own (databases admetrics_t<id>, topics
+# t<id>-*); drop the databases earlier runs left so they do not pile up.
+log "dropping the databases of earlier test runs"
+for db in $(mariadb -h127.0.0.1 -P"$MYSQL_PORT" -uadmetrics -padmetrics -N -e \
+    "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'admetrics\\_t%'" 2>/dev/null); do
+  mariadb -h127.0.0.1 -P"$MYSQL_PORT" -uadmetrics -padmetrics -e "DROP DATABASE \`$db\`" 2>/dev/null || log "could not drop MySQL database $db"
+done
+for db in $(clickhouse-client --port "$CH_TCP_PORT" --query \
+    "SELECT name FROM system.databases WHERE name LIKE 'admetrics\\_t%'" 2>/dev/null); do
+  clickhouse-client --port "$CH_TCP_PORT" --query "DROP DATABASE IF EXISTS \`$db\`" 2>/dev/null || log "could not drop ClickHouse database $db"
+done
+rm -rf "${TMPDIR:-/tmp}/admetrics-it"
 cd "$REPO_ROOT"
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
