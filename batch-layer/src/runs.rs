@@ -35,6 +35,26 @@ pub struct RunRow {
     pub error: Option<String>,
 }
 
+/// The columns of [`SELECT_RUNS`], in order.
+type RunTuple = (NaiveDate, String, String, i64, i64, Option<String>);
+
+/// Reads [`RunRow`]s; callers add the `WHERE` clause.
+const SELECT_RUNS: &str =
+    "SELECT day, finality, run_status, attempts, archive_rows, error FROM batch_runs";
+
+impl From<RunTuple> for RunRow {
+    fn from((day, finality, run_status, attempts, archive_rows, error): RunTuple) -> Self {
+        RunRow {
+            day,
+            finality,
+            run_status,
+            attempts,
+            archive_rows,
+            error,
+        }
+    }
+}
+
 /// Marks a run of `day` as started.
 ///
 /// # Errors
@@ -73,22 +93,10 @@ pub async fn fail(pool: &Pool, day: NaiveDate, error: &str) -> Result<(), mysql_
 /// MySQL errors.
 pub async fn get(pool: &Pool, day: NaiveDate) -> Result<Option<RunRow>, mysql_async::Error> {
     let mut c = pool.get_conn().await?;
-    let row: Option<(NaiveDate, String, String, i64, i64, Option<String>)> = c
-        .exec_first(
-            "SELECT day, finality, run_status, attempts, archive_rows, error FROM batch_runs WHERE day = ?",
-            (day,),
-        )
+    let row: Option<RunTuple> = c
+        .exec_first(format!("{SELECT_RUNS} WHERE day = ?"), (day,))
         .await?;
-    Ok(row.map(
-        |(day, finality, run_status, attempts, archive_rows, error)| RunRow {
-            day,
-            finality,
-            run_status,
-            attempts,
-            archive_rows,
-            error,
-        },
-    ))
+    Ok(row.map(RunRow::from))
 }
 
 /// Every run record from `from` on, by day.
@@ -98,25 +106,13 @@ pub async fn get(pool: &Pool, day: NaiveDate) -> Result<Option<RunRow>, mysql_as
 /// MySQL errors.
 pub async fn since(pool: &Pool, from: NaiveDate) -> Result<Vec<RunRow>, mysql_async::Error> {
     let mut c = pool.get_conn().await?;
-    let rows: Vec<(NaiveDate, String, String, i64, i64, Option<String>)> = c
+    let rows: Vec<RunTuple> = c
         .exec(
-            "SELECT day, finality, run_status, attempts, archive_rows, error FROM batch_runs WHERE day >= ? ORDER BY day",
+            format!("{SELECT_RUNS} WHERE day >= ? ORDER BY day"),
             (from,),
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(day, finality, run_status, attempts, archive_rows, error)| RunRow {
-                day,
-                finality,
-                run_status,
-                attempts,
-                archive_rows,
-                error,
-            },
-        )
-        .collect())
+    Ok(rows.into_iter().map(RunRow::from).collect())
 }
 
 /// Starts the transaction that replaces a day's results.

@@ -69,17 +69,7 @@ pub fn run(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Resul
             lines.push((topic_of(l), l.to_vec()));
         }
     }
-    // Advertiser ids from the load's default (1 000) with room for larger runs.
-    let dims = StaticDimensions::standard_load(10_001);
-    let mut pcfg = ProcessorConfig::from_config(0, cfg);
-    pcfg.detail_rows = false;
-    let mut proc = Processor::new(pcfg);
-    // The load's event times are historical: accept any age, as a replay would.
-    let limits = Limits {
-        max_age_ms: i64::MAX,
-        max_future_ms: i64::MAX / 2,
-        ..cfg.validation.limits()
-    };
+    let (mut proc, dims, limits) = load_processor(cfg, false);
     let now = common::day::now_ms();
     let rss_before = rss_kib();
     let started = Instant::now();
@@ -120,6 +110,24 @@ pub fn run(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Resul
             / clicks.max(1) as f64,
         peak_rss_mib: peak_rss_kib() as f64 / 1024.0,
     })
+}
+
+/// A processor set up for the standard load, its dimensions, and validation limits
+/// that accept the load's historical event times (as a replay would).
+pub(crate) fn load_processor(
+    cfg: &Config,
+    detail_rows: bool,
+) -> (Processor, StaticDimensions, Limits) {
+    let mut pcfg = ProcessorConfig::from_config(0, cfg);
+    pcfg.detail_rows = detail_rows;
+    // Advertiser ids from the load's default (1 000) with room for larger runs.
+    let dims = StaticDimensions::standard_load(10_001);
+    let limits = Limits {
+        max_age_ms: i64::MAX,
+        max_future_ms: i64::MAX / 2,
+        ..cfg.validation.limits()
+    };
+    (Processor::new(pcfg), dims, limits)
 }
 
 /// The topic an event of the load goes to (by its `kind`).

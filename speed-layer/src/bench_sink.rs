@@ -14,12 +14,11 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use common::config::Config;
-use common::decode::{Limits, decode};
+use common::decode::decode;
 use serde::Serialize;
 
 use crate::clickhouse_sink::{self, DETAIL_TABLE};
 use crate::pipeline::detail::DetailRow;
-use crate::pipeline::processor::{Processor, ProcessorConfig};
 
 /// Figures of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -106,15 +105,7 @@ pub async fn run(
 
 /// Runs the speed layer's core over the load and keeps its detail rows.
 fn detail_rows(cfg: &Config, files: &[PathBuf], rows: usize) -> anyhow::Result<Vec<DetailRow>> {
-    let dims = common::dims::StaticDimensions::standard_load(10_001);
-    let mut pcfg = ProcessorConfig::from_config(0, cfg);
-    pcfg.detail_rows = true;
-    let mut proc = Processor::new(pcfg);
-    let limits = Limits {
-        max_age_ms: i64::MAX,
-        max_future_ms: i64::MAX / 2,
-        ..cfg.validation.limits()
-    };
+    let (mut proc, dims, limits) = crate::bench::load_processor(cfg, true);
     let now = common::day::now_ms();
     let mut out = Vec::with_capacity(rows);
     let mut offsets = [0_i64; 2];

@@ -68,16 +68,23 @@ impl ClientContext for SpeedContext {
     }
 }
 
+/// The partition numbers of a rebalance's list, once each: both topics' partition N
+/// are one unit of work (co-partitioned by user).
+fn partition_numbers(tpl: &TopicPartitionList) -> Vec<i32> {
+    let mut parts: Vec<i32> = tpl
+        .elements()
+        .iter()
+        .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
+        .collect();
+    parts.sort_unstable();
+    parts.dedup();
+    parts
+}
+
 impl ConsumerContext for SpeedContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let mut parts: Vec<i32> = tpl
-                .elements()
-                .iter()
-                .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
-                .collect();
-            parts.sort_unstable();
-            parts.dedup();
+            let parts = partition_numbers(tpl);
             tracing::info!(partitions = ?parts, "partitions revoked");
             self.push(Change::Revoked(parts));
         }
@@ -87,13 +94,7 @@ impl ConsumerContext for SpeedContext {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
-        let mut parts: Vec<i32> = tpl
-            .elements()
-            .iter()
-            .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
-            .collect();
-        parts.sort_unstable();
-        parts.dedup();
+        let parts = partition_numbers(tpl);
         match self.take_ownership(&parts, tpl) {
             Ok((owned, positioned)) => {
                 // Re-assign at the offsets stored with the results in Redis.

@@ -419,28 +419,9 @@ async fn clickhouse_down_past_the_retries_spills_and_replay_spill_loads_every_ev
     speed_layer::clickhouse_sink::migrate(&env.cfg.clickhouse)
         .await
         .expect("schema on the own server");
-    let data = admetrics_tests::dataset_path();
-    let mut rows = common::dataset::read(&data).unwrap();
-    rows.truncate(4_000);
-    let shift = common::dataset::shift_days(&rows, common::day::now_ms(), false);
-    let events = common::dataset::events(&rows, shift);
     env.spawn("speed", "speed-layer", &["run"]);
     // A paced replay (~25 s) with ClickHouse gone in the middle of it.
-    env.spawn(
-        "replay",
-        "speed-layer",
-        &[
-            "replay",
-            "--data",
-            data.to_str().unwrap(),
-            "--limit",
-            "4000",
-            "--speed",
-            "10000",
-            "--shift",
-            &shift.to_string(),
-        ],
-    );
+    let events = env.spawn_paced_replay(4_000, 10_000);
     tokio::time::sleep(Duration::from_secs(6)).await;
     own.kill().await;
     let spill = env.state_dir.join("clickhouse/spill");
@@ -451,11 +432,7 @@ async fn clickhouse_down_past_the_retries_spills_and_replay_spill_loads_every_ev
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     own.start().await;
-    wait_until(Duration::from_secs(120), "the replay to finish", || {
-        let running = env.running("replay");
-        async move { !running }
-    })
-    .await;
+    env.wait_replay_done(Duration::from_secs(120)).await;
     if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(120)).await {
         panic!("{e}\n{}", env.log("speed"));
     }

@@ -5,45 +5,12 @@
 
 use std::time::Duration;
 
-use admetrics_tests::{TestEnv, check, dataset_path, free_port, wait_until};
+use admetrics_tests::{TestEnv, check, free_port, wait_until};
 use rand::Rng;
 
 const ROWS: usize = 30_000;
 /// The slice spans about 66 hours of event time; at this factor it plays in ~80 s.
-const SPEED: &str = "3000";
-
-/// Starts a paced replay of the first [`ROWS`] rows in the background and returns the
-/// events it produces (rebuilt from the file with the same date shift).
-fn start_replay(env: &mut TestEnv) -> Vec<common::event::Event<'static>> {
-    let data = dataset_path();
-    let mut rows = common::dataset::read(&data).expect("data set");
-    rows.truncate(ROWS);
-    let shift = common::dataset::shift_days(&rows, common::day::now_ms(), false);
-    env.spawn(
-        "replay",
-        "speed-layer",
-        &[
-            "replay",
-            "--data",
-            data.to_str().unwrap(),
-            "--limit",
-            &ROWS.to_string(),
-            "--speed",
-            SPEED,
-            "--shift",
-            &shift.to_string(),
-        ],
-    );
-    common::dataset::events(&rows, shift)
-}
-
-async fn wait_replay_done(env: &mut TestEnv) {
-    wait_until(Duration::from_secs(180), "the replay to finish", || {
-        let running = env.running("replay");
-        async move { !running }
-    })
-    .await;
-}
+const SPEED: u32 = 3000;
 
 async fn settle_and_check(
     env: &mut TestEnv,
@@ -67,7 +34,7 @@ async fn settle_and_check(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_five_times_during_a_replay_loses_and_doubles_nothing() {
     let mut env = TestEnv::new(4).await;
-    let events = start_replay(&mut env);
+    let events = env.spawn_paced_replay(ROWS, SPEED);
     let loaded = |env: &TestEnv| env.log_count("speed", "partition state loaded");
     let mut before = loaded(&env);
     env.spawn("speed", "speed-layer", &["run"]);
@@ -93,7 +60,7 @@ async fn sigkill_five_times_during_a_replay_loses_and_doubles_nothing() {
         env.running("replay"),
         "the kills happened during the replay (slow the replay down if this fails)"
     );
-    wait_replay_done(&mut env).await;
+    env.wait_replay_done(Duration::from_secs(180)).await;
     settle_and_check(&mut env, &events, &["speed", "replay"]).await;
 }
 
@@ -125,7 +92,7 @@ async fn wait_loaded(env: &TestEnv, name: &str, before: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_partitions_through_a_join_and_a_kill() {
     let mut env = TestEnv::new(4).await;
-    let events = start_replay(&mut env);
+    let events = env.spawn_paced_replay(ROWS, SPEED);
     let mut rng = rand::rng();
     env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
     wait_loaded(&env, "speed-a", 0).await;
@@ -140,7 +107,7 @@ async fn two_instances_share_partitions_through_a_join_and_a_kill() {
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
     env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
     wait_loaded(&env, "speed-a", before).await;
-    wait_replay_done(&mut env).await;
+    env.wait_replay_done(Duration::from_secs(180)).await;
     settle_and_check(&mut env, &events, &["speed-a", "speed-b", "replay"]).await;
     assert!(
         env.log_count("speed-a", "partitions revoked") > 0,

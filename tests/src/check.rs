@@ -47,20 +47,7 @@ pub async fn speed_matches_reference(env: &TestEnv, key: &str, events: &[Event<'
             assert_eq!(row["provisional"], true, "{ctx}");
             assert!(row["as_of"].is_string() || want.clicks == 0, "{ctx}: as_of");
             assert_eq!(m["exposures"].as_i64().unwrap(), want.exposures, "{ctx}");
-            assert_eq!(m["clicks"].as_i64().unwrap(), want.clicks, "{ctx}: clicks");
-            assert_eq!(
-                m["cost_micros"].as_i64().unwrap(),
-                want.cost_micros,
-                "{ctx}: cost"
-            );
-            for split in ["direct", "indirect", "unattributed"] {
-                let name = format!("orders_{split}");
-                assert_eq!(
-                    m[&name].as_i64().unwrap(),
-                    want.effects.get(&name).copied().unwrap_or(0),
-                    "{ctx}: {name}"
-                );
-            }
+            assert_counts(m, &want, &ctx);
             let uv = m["uv"].as_i64().unwrap();
             let exact = want.users.len() as i64;
             assert!(
@@ -77,20 +64,7 @@ pub async fn speed_matches_reference(env: &TestEnv, key: &str, events: &[Event<'
             let want = expected.get(&(*adv, day, ad)).cloned().unwrap_or_default();
             let m = &row["metrics"];
             let ctx = format!("advertiser {adv} ad {ad} day {}", row["day"]);
-            assert_eq!(m["clicks"].as_i64().unwrap(), want.clicks, "{ctx}");
-            assert_eq!(
-                m["cost_micros"].as_i64().unwrap(),
-                want.cost_micros,
-                "{ctx}"
-            );
-            for split in ["direct", "indirect", "unattributed"] {
-                let name = format!("orders_{split}");
-                assert_eq!(
-                    m[&name].as_i64().unwrap(),
-                    want.effects.get(&name).copied().unwrap_or(0),
-                    "{ctx}: {name}"
-                );
-            }
+            assert_counts(m, &want, &ctx);
             checked_ads += 1;
         }
     }
@@ -104,6 +78,25 @@ pub async fn speed_matches_reference(env: &TestEnv, key: &str, events: &[Event<'
         per_day.values().filter(|d| d.clicks > 0).count(),
         "one API row per advertiser-day with clicks"
     );
+}
+
+/// Clicks, cost and orders split direct/indirect/unattributed of one API row's
+/// `metrics` equal the reference's.
+fn assert_counts(m: &serde_json::Value, want: &reference::Expected, ctx: &str) {
+    assert_eq!(m["clicks"].as_i64().unwrap(), want.clicks, "{ctx}: clicks");
+    assert_eq!(
+        m["cost_micros"].as_i64().unwrap(),
+        want.cost_micros,
+        "{ctx}: cost"
+    );
+    for split in ["direct", "indirect", "unattributed"] {
+        let name = format!("orders_{split}");
+        assert_eq!(
+            m[&name].as_i64().unwrap(),
+            want.effects.get(&name).copied().unwrap_or(0),
+            "{ctx}: {name}"
+        );
+    }
 }
 
 fn day_of_row(row: &serde_json::Value) -> i64 {

@@ -422,6 +422,47 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Starts a replay of the first `rows` rows of the data set paced at `speed` times
+    /// event time, in the background (child `replay`), and returns the events it
+    /// produces, rebuilt from the file with the same date shift.
+    pub fn spawn_paced_replay(
+        &mut self,
+        rows: usize,
+        speed: u32,
+    ) -> Vec<common::event::Event<'static>> {
+        let data = dataset_path();
+        let mut r = common::dataset::read(&data).expect("data set");
+        r.truncate(rows);
+        let shift = common::dataset::shift_days(&r, common::day::now_ms(), false);
+        self.spawn(
+            "replay",
+            "speed-layer",
+            &[
+                "replay",
+                "--data",
+                data.to_str().unwrap_or_default(),
+                "--limit",
+                &rows.to_string(),
+                "--speed",
+                &speed.to_string(),
+                "--shift",
+                &shift.to_string(),
+            ],
+        );
+        common::dataset::events(&r, shift)
+    }
+
+    /// Waits until the child `replay` has exited; panics after `timeout`.
+    pub async fn wait_replay_done(&mut self, timeout: Duration) {
+        wait_until(timeout, "the replay to finish", || {
+            let running = self.running("replay");
+            async move { !running }
+        })
+        .await;
+    }
+}
+
 /// Polls `check` until it is true; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where

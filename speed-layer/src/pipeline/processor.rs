@@ -419,11 +419,12 @@ impl Processor {
                 continue;
             };
             let a = self.attribution_of(p);
-            if a.click.is_some() {
-                if let Some(p) = self.orphans.remove(&key) {
-                    self.forget_orphan(&p, key);
-                    self.record_effect(&p, a);
-                }
+            if a.click.is_none() {
+                continue;
+            }
+            if let Some(p) = self.orphans.remove(&key) {
+                self.forget_orphan(&p, key);
+                self.record_effect(&p, a);
             }
         }
     }
