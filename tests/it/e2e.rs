@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use admetrics_tests::{TestEnv, check, dataset_path, get_json};
+use admetrics_tests::{TestEnv, check, get_json};
 
 const ROWS: usize = 20_000;
 
@@ -12,23 +12,9 @@ async fn replayed_slice_matches_the_data_set_for_every_advertiser_and_day() {
     let mut env = TestEnv::new(4).await;
     env.cfg.serving.rate_limit_per_second = 10_000;
     env.cfg.serving.rate_limit_burst = 10_000;
-    let data = dataset_path();
-    let out = env
-        .run(
-            "speed-layer",
-            &[
-                "replay",
-                "--data",
-                data.to_str().unwrap(),
-                "--limit",
-                &ROWS.to_string(),
-            ],
-        )
-        .await
-        .expect("replay");
-    let summary: serde_json::Value =
-        serde_json::from_str(&out).expect("replay prints a JSON summary");
-    let shift = summary["shift_days"].as_i64().unwrap();
+    // The replay's events, rebuilt straight from the file with the data README's
+    // mapping (TestEnv::replay checks their count against the replay's summary).
+    let events = env.replay(ROWS).await.events;
     env.spawn("speed", "speed-layer", &["run"]);
     if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(180)).await {
         panic!("{e}\nspeed layer log:\n{}", env.log("speed"));
@@ -36,11 +22,6 @@ async fn replayed_slice_matches_the_data_set_for_every_advertiser_and_day() {
     env.start_server().await;
     let key = env.api_key(&["--internal"]).await;
 
-    // Expected numbers straight from the file, with the data README's mapping and rules.
-    let mut rows = common::dataset::read(&data).unwrap();
-    rows.truncate(ROWS);
-    let events = common::dataset::events(&rows, shift);
-    assert_eq!(summary["events"].as_u64().unwrap() as usize, events.len());
     check::speed_matches_reference(&env, &key, &events).await;
 
     // What the operator on call reads: the speed layer's Prometheus endpoint.
