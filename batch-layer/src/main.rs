@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use batch_layer::archive::store;
-use batch_layer::recompute::{self, Options};
+use batch_layer::recompute::{self, Options, Shard};
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 use common::config::Config;
@@ -45,12 +45,20 @@ enum Command {
         /// Last day of a range (inclusive).
         #[arg(long, requires = "from")]
         to: Option<NaiveDate>,
+        /// This worker's share of a split run, `i/N` (0-based): the Kafka partitions p
+        /// with p mod N = i. The day turns final when all N parts are written.
+        #[arg(long, default_value = "0/1")]
+        shard: Shard,
     },
     /// Run the nightly schedule (`batch.schedule`); `--once` runs one tick now.
     Schedule {
         /// Run one tick and exit.
         #[arg(long)]
         once: bool,
+        /// This worker's share of a split run, `i/N` (0-based): the Kafka partitions p
+        /// with p mod N = i. The day turns final when all N parts are written.
+        #[arg(long, default_value = "0/1")]
+        shard: Shard,
     },
     /// Benchmarks on the standard load.
     Bench {
@@ -111,7 +119,12 @@ async fn main() -> anyhow::Result<()> {
             batch_layer::archiver::run(Arc::clone(&cfg), archive, common::shutdown::on_signal())
                 .await
         }
-        Command::Recompute { day, from, to } => {
+        Command::Recompute {
+            day,
+            from,
+            to,
+            shard,
+        } => {
             let days: Vec<NaiveDate> = match (day, from, to) {
                 (Some(d), _, _) => vec![d],
                 (None, Some(f), Some(t)) if f <= t => {
@@ -144,7 +157,10 @@ async fn main() -> anyhow::Result<()> {
                     &archive,
                     topics,
                     *d,
-                    Options::from_config(&cfg),
+                    Options {
+                        shard,
+                        ..Options::from_config(&cfg)
+                    },
                     progress,
                 )
                 .await
@@ -154,8 +170,8 @@ async fn main() -> anyhow::Result<()> {
                         written += s.output_rows;
                         bar.suspend(|| {
                             println!(
-                                "{d}: {} — {} input rows, {} rows written, {:.1} s",
-                                s.finality, s.input_rows, s.output_rows, s.seconds
+                                "{d}: {} (part {}, {}/{} parts written) — {} input rows, {} rows written, {:.1} s",
+                                s.finality, s.shard, s.parts_done, shard.count, s.input_rows, s.output_rows, s.seconds
                             );
                         });
                     }
@@ -180,12 +196,12 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Schedule { once } => {
+        Command::Schedule { once, shard } => {
             let pool = common::db::pool(&cfg.mysql)?;
             common::db::migrate(&pool).await.context("MySQL schema")?;
             let archive = store::open(&cfg.batch)?;
             if once {
-                let out = batch_layer::schedule::tick(&cfg, &pool, &archive).await?;
+                let out = batch_layer::schedule::tick(&cfg, &pool, &archive, shard).await?;
                 for (d, r) in &out {
                     match r {
                         Ok(s) => println!("{d}: {} ({} rows)", s.finality, s.output_rows),
@@ -198,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
                     Arc::clone(&cfg),
                     pool,
                     archive,
+                    shard,
                     common::shutdown::on_signal(),
                 )
                 .await

@@ -10,6 +10,9 @@
 //!
 //! A failed run never changes `finality` or the day's results: they are replaced only
 //! in the transaction that records success.
+//!
+//! `batch_run_parts` holds one row per written part of a day (`shard` of `shards`; a
+//! single worker writes part 0 of 1): see [`crate::recompute::output`].
 
 use chrono::NaiveDate;
 use mysql_async::prelude::Queryable;
@@ -113,6 +116,28 @@ pub async fn since(pool: &Pool, from: NaiveDate) -> Result<Vec<RunRow>, mysql_as
         )
         .await?;
     Ok(rows.into_iter().map(RunRow::from).collect())
+}
+
+/// The parts `shard` (of `shards`) has written from `from` on: day -> archive rows
+/// counted when the part was computed.
+///
+/// # Errors
+///
+/// MySQL errors.
+pub async fn parts_since(
+    pool: &Pool,
+    from: NaiveDate,
+    shard: u32,
+    shards: u32,
+) -> Result<std::collections::BTreeMap<NaiveDate, i64>, mysql_async::Error> {
+    let mut c = pool.get_conn().await?;
+    let rows: Vec<(NaiveDate, i64)> = c
+        .exec(
+            "SELECT day, archive_rows FROM batch_run_parts WHERE day >= ? AND shard = ? AND shards = ?",
+            (from, shard, shards),
+        )
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Starts the transaction that replaces a day's results.

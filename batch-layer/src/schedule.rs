@@ -7,6 +7,10 @@
 //!    retried by the next tick);
 //! 3. every final day of that horizon whose input files now hold more (or fewer) rows
 //!    than when it was computed: late data arrived, and the day becomes `revised`.
+//!
+//! With a split run (`--shard i/N`, one scheduler per worker) each worker applies these
+//! rules to its own part: its part missing stands for "not final", and late data is
+//! counted over its own partitions.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use mysql_async::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::store::Archive;
-use crate::recompute::{self, DaySummary, Options};
+use crate::recompute::{self, DaySummary, Options, Shard};
 use crate::runs;
 
 /// How many days back a tick looks for failed runs and late data.
@@ -34,16 +38,15 @@ pub async fn due_days(
     pool: &Pool,
     archive: &Archive,
     yesterday: NaiveDate,
+    shard: Shard,
 ) -> anyhow::Result<Vec<(NaiveDate, &'static str)>> {
     let from = yesterday
         .checked_sub_days(Days::new(HORIZON_DAYS))
         .unwrap_or(yesterday);
     let runs = runs::since(pool, from).await?;
+    let parts = runs::parts_since(pool, from, shard.index, shard.count).await?;
     let mut due = Vec::new();
-    if !runs
-        .iter()
-        .any(|r| r.day == yesterday && r.finality != "none")
-    {
+    if !parts.contains_key(&yesterday) {
         due.push((yesterday, "yesterday"));
     }
     let dims = common::dims::load_all(pool).await?;
@@ -55,11 +58,15 @@ pub async fn due_days(
         cfg.kafka.effects_topic.as_str(),
     ];
     for r in runs.iter().filter(|r| r.day < yesterday) {
-        if r.finality == "none" {
+        let Some(&part_rows) = parts.get(&r.day) else {
             due.push((r.day, "retry of a failed run"));
-        } else if r.run_status != "running" {
-            match recompute::current_archive_rows(archive, topics, r.day, span, lookback).await {
-                Ok(n) if n != r.archive_rows => due.push((r.day, "late data")),
+            continue;
+        };
+        if r.run_status != "running" {
+            match recompute::current_archive_rows(archive, topics, r.day, span, lookback, shard)
+                .await
+            {
+                Ok(n) if n != part_rows => due.push((r.day, "late data")),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(day = %r.day, error = %e, "cannot count the archive of a final day")
@@ -80,6 +87,7 @@ pub async fn tick(
     cfg: &Config,
     pool: &Pool,
     archive: &Archive,
+    shard: Shard,
 ) -> anyhow::Result<Vec<(NaiveDate, Result<DaySummary, String>)>> {
     let tz: chrono_tz::Tz = cfg
         .batch
@@ -93,20 +101,16 @@ pub async fn tick(
         cfg.kafka.effects_topic.as_str(),
     ];
     let mut out = Vec::new();
-    for (day, why) in due_days(cfg, pool, archive, yesterday).await? {
-        tracing::info!(%day, reason = why, "recomputing");
-        let r = recompute::run_day(
-            pool,
-            archive,
-            topics,
-            day,
-            Options::from_config(cfg),
-            Arc::new(|_, _| {}),
-        )
-        .await;
+    let opts = Options {
+        shard,
+        ..Options::from_config(cfg)
+    };
+    for (day, why) in due_days(cfg, pool, archive, yesterday, shard).await? {
+        tracing::info!(%day, %shard, reason = why, "recomputing");
+        let r = recompute::run_day(pool, archive, topics, day, opts, Arc::new(|_, _| {})).await;
         match &r {
             Ok(s) => {
-                tracing::info!(%day, finality = %s.finality, rows = s.output_rows, seconds = s.seconds, "day recomputed")
+                tracing::info!(%day, %shard, finality = %s.finality, parts_done = s.parts_done, rows = s.output_rows, seconds = s.seconds, "day recomputed")
             }
             Err(e) => {
                 tracing::error!(%day, error = %e, "recompute failed; the next tick retries it")
@@ -126,6 +130,7 @@ pub async fn run(
     cfg: Arc<Config>,
     pool: Pool,
     archive: Archive,
+    shard: Shard,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let schedule = cron::Schedule::from_str(&cfg.batch.schedule)
@@ -147,7 +152,7 @@ pub async fn run(
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(wait) => {}
         }
-        if let Err(e) = tick(&cfg, &pool, &archive).await {
+        if let Err(e) = tick(&cfg, &pool, &archive, shard).await {
             tracing::error!(error = %e, "recompute tick failed; retrying at the next tick");
         }
     }

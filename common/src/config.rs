@@ -2,7 +2,9 @@
 //! the local stack (`deploy/local/up.sh`).
 //!
 //! Precedence, lowest first: the defaults in this module (mirrored, with comments, in
-//! `config/default.toml`), the file given by `--config` (or `ADMETRICS_CONFIG`), then
+//! `config/default.toml`), the file given by `--config` (or `ADMETRICS_CONFIG`), the
+//! secrets file named by `ADMETRICS_SECRETS_FILE` (same format; for a mounted
+//! Kubernetes Secret holding URLs with passwords, SASL and S3 credentials), then
 //! environment variables `ADMETRICS__SECTION__KEY` (double underscore = nesting), e.g.
 //! `ADMETRICS__REDIS__URL=redis://10.0.0.5:6379/`. Durations are humantime strings
 //! (`"10s"`, `"3h"`, `"14d"`). Each layer receives its own section (`&SpeedConfig`),
@@ -154,6 +156,10 @@ pub struct RedisConfig {
     /// Connection URL. Default `redis://127.0.0.1:6390/` (the product's own Redis with
     /// AOF, started by `deploy/local/up.sh`; not the dev machine's 6379).
     pub url: Secret,
+    /// Seed nodes of a Redis Cluster (`redis://host:port/` each); when non-empty the
+    /// cluster is used and `url` is ignored. Default empty. Key layout and why writes
+    /// stay atomic: [`crate::redis_conn`].
+    pub cluster_nodes: Vec<Secret>,
     /// Prefix of every key the platform writes. Default `am`.
     pub key_prefix: String,
 }
@@ -162,6 +168,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6390/".into(),
+            cluster_nodes: Vec::new(),
             key_prefix: "am".into(),
         }
     }
@@ -464,6 +471,9 @@ impl Config {
         Self::load_with_env(file, "ADMETRICS__")
     }
 
+    /// Environment variable naming the secrets file merged over the configuration file.
+    pub const SECRETS_FILE_ENV: &str = "ADMETRICS_SECRETS_FILE";
+
     /// [`Config::load`] with another environment prefix (tests use one nobody sets).
     ///
     /// # Errors
@@ -479,6 +489,17 @@ impl Config {
                 )]));
             }
             fig = fig.merge(Toml::file(f));
+        }
+        if let Some(secrets) = std::env::var_os(Self::SECRETS_FILE_ENV) {
+            let secrets = PathBuf::from(secrets);
+            if !secrets.exists() {
+                return Err(ConfigError::Invalid(vec![format!(
+                    "{} names {}, which does not exist",
+                    Self::SECRETS_FILE_ENV,
+                    secrets.display()
+                )]));
+            }
+            fig = fig.merge(Toml::file(secrets));
         }
         fig = fig.merge(Env::prefixed(env_prefix).split("__"));
         let mut cfg: Config = fig.extract().map_err(Box::new)?;

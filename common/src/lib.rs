@@ -36,6 +36,7 @@ pub mod dims;
 pub mod event;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod redis_conn;
 pub mod redis_keys;
 pub mod shutdown;
 pub mod telemetry;

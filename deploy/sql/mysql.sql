@@ -99,6 +99,61 @@ CREATE TABLE IF NOT EXISTS batch_runs (
 ) ENGINE=InnoDB
 ;
 
+-- Split runs (`batch-layer recompute --shard i/N`): each worker writes its part of a
+-- day here (its users only); the part that completes the set sums the parts into
+-- daily_ad_metrics / daily_uv in the same transaction (users are disjoint across
+-- parts, so sums and UV sums are exact). A single worker is part 0 of 1. Parts are
+-- kept so that one worker can redo its part (late data) without the others.
+
+CREATE TABLE IF NOT EXISTS batch_run_parts (
+  day           DATE NOT NULL,
+  shard         INT  NOT NULL COMMENT 'i of i/N: Kafka partitions p with p mod N = i',
+  shards        INT  NOT NULL COMMENT 'N: the split this part belongs to',
+  input_rows    BIGINT NOT NULL,
+  output_rows   BIGINT NOT NULL,
+  archive_rows  BIGINT NOT NULL COMMENT 'rows of this part''s input files when computed',
+  finished_at   TIMESTAMP(3) NOT NULL,
+  PRIMARY KEY (day, shard)
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS daily_ad_metrics_parts (
+  day           DATE   NOT NULL,
+  shard         INT    NOT NULL,
+  advertiser_id BIGINT NOT NULL,
+  ad_id         BIGINT NOT NULL,
+  campaign_id   BIGINT NOT NULL,
+  uv            BIGINT NOT NULL DEFAULT 0,
+  exposures                     BIGINT NOT NULL DEFAULT 0,
+  clicks                        BIGINT NOT NULL DEFAULT 0,
+  cost_micros                   BIGINT NOT NULL DEFAULT 0,
+  consultations_direct          BIGINT NOT NULL DEFAULT 0,
+  consultations_indirect        BIGINT NOT NULL DEFAULT 0,
+  consultations_unattributed    BIGINT NOT NULL DEFAULT 0,
+  private_messages_direct       BIGINT NOT NULL DEFAULT 0,
+  private_messages_indirect     BIGINT NOT NULL DEFAULT 0,
+  private_messages_unattributed BIGINT NOT NULL DEFAULT 0,
+  orders_direct                 BIGINT NOT NULL DEFAULT 0,
+  orders_indirect               BIGINT NOT NULL DEFAULT 0,
+  orders_unattributed           BIGINT NOT NULL DEFAULT 0,
+  payments_direct               BIGINT NOT NULL DEFAULT 0,
+  payments_indirect             BIGINT NOT NULL DEFAULT 0,
+  payments_unattributed         BIGINT NOT NULL DEFAULT 0,
+  gmv_micros_direct             BIGINT NOT NULL DEFAULT 0,
+  gmv_micros_indirect           BIGINT NOT NULL DEFAULT 0,
+  gmv_micros_unattributed       BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (day, shard, advertiser_id, ad_id)
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS daily_uv_parts (
+  day           DATE   NOT NULL,
+  shard         INT    NOT NULL,
+  advertiser_id BIGINT NOT NULL,
+  campaign_id   BIGINT NOT NULL,
+  uv            BIGINT NOT NULL,
+  PRIMARY KEY (day, shard, advertiser_id, campaign_id)
+) ENGINE=InnoDB
+;
+
 -- Serving ----------------------------------------------------------------------
 
 CREATE TABLE IF NOT EXISTS api_keys (

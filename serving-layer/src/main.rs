@@ -104,10 +104,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(cfg: Config, pool: mysql_async::Pool) -> anyhow::Result<()> {
     let prometheus = common::telemetry::install_prometheus()?;
-    let client = redis::Client::open(cfg.redis.url.expose()).context("redis.url")?;
-    let conn = redis::aio::ConnectionManager::new(client)
+    let conn = common::redis_conn::RedisConn::connect(&cfg.redis)
         .await
-        .context("connecting to Redis")?;
+        .context("connecting to Redis (redis.url / redis.cluster_nodes)")?;
     let speed = SpeedReader::new(conn, Keys::new(&cfg.redis.key_prefix), cfg.kafka.partitions);
     let state = AppState::new(cfg.serving.clone(), pool, speed, Some(prometheus));
     let router = app(state)

@@ -1,15 +1,17 @@
-//! Reading the speed layer's provisional results from Redis (key layout:
-//! [`common::redis_keys`]). A day of an advertiser is spread over one hash per Kafka
-//! partition; all are fetched in one pipelined round trip and summed. UV is the sum of
-//! the per-partition HyperLogLog counts, exact in expectation because a user lives in
-//! one partition only.
+//! Reading the speed layer's provisional results from Redis or Redis Cluster (key
+//! layout: [`common::redis_keys`]). A day of an advertiser is spread over one hash per
+//! Kafka partition; all are fetched at once and summed: one pipeline on a single Redis,
+//! one pipeline per partition's hash slot, concurrently, on a cluster
+//! ([`common::redis_conn::query_by_partition`]). UV is the sum of the per-partition
+//! HyperLogLog counts, exact in expectation because a user lives in one partition only.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDate;
 use common::counters::{Counters, Measure};
+use common::redis_conn::{RedisConn, query_by_partition};
 use common::redis_keys::{AS_OF_FIELD, Keys, UvScope, parse_field};
-use redis::aio::ConnectionManager;
+use redis::Cmd;
 
 /// One advertiser-day from Redis.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,14 +25,14 @@ pub struct SpeedDay {
 /// Reads provisional results.
 #[derive(Clone)]
 pub struct SpeedReader {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
     partitions: i32,
 }
 
 impl SpeedReader {
     /// A reader over `partitions` Kafka partitions' keys.
-    pub fn new(conn: ConnectionManager, keys: Keys, partitions: i32) -> Self {
+    pub fn new(conn: RedisConn, keys: Keys, partitions: i32) -> Self {
         SpeedReader {
             conn,
             keys,
@@ -61,17 +63,11 @@ impl SpeedReader {
         advertiser: i64,
         days: &[NaiveDate],
     ) -> redis::RedisResult<BTreeMap<NaiveDate, SpeedDay>> {
-        if days.is_empty() {
-            return Ok(BTreeMap::new()); // Redis refuses an empty pipeline
-        }
-        let mut pipe = redis::pipe();
-        for d in days {
-            for p in 0..self.partitions {
-                pipe.hgetall(self.keys.metrics(p, advertiser, *d));
-            }
-        }
-        let mut c = self.conn.clone();
-        let hashes: Vec<HashMap<String, i64>> = pipe.query_async(&mut c).await?;
+        let hashes: Vec<HashMap<String, i64>> = self
+            .per_partition(days, |p, d| {
+                Cmd::hgetall(self.keys.metrics(p, advertiser, d))
+            })
+            .await?;
         let mut out = BTreeMap::new();
         for (i, h) in hashes.into_iter().enumerate() {
             let d = days[i / usize::try_from(self.partitions).unwrap_or(1)];
@@ -98,17 +94,13 @@ impl SpeedReader {
         &self,
         wanted: &[(NaiveDate, UvScope)],
     ) -> redis::RedisResult<HashMap<(NaiveDate, UvScope), i64>> {
-        if wanted.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let mut pipe = redis::pipe();
-        for (d, s) in wanted {
-            for p in 0..self.partitions {
-                pipe.cmd("PFCOUNT").arg(self.keys.uv(p, *d, *s));
-            }
-        }
-        let mut c = self.conn.clone();
-        let counts: Vec<i64> = pipe.query_async(&mut c).await?;
+        let counts: Vec<i64> = self
+            .per_partition(wanted, |p, (d, s)| {
+                let mut c = redis::cmd("PFCOUNT");
+                c.arg(self.keys.uv(p, d, s));
+                c
+            })
+            .await?;
         let per = usize::try_from(self.partitions).unwrap_or(1);
         Ok(wanted
             .iter()
@@ -129,17 +121,11 @@ impl SpeedReader {
         advertiser: i64,
         days: &[NaiveDate],
     ) -> redis::RedisResult<BTreeMap<i64, Counters>> {
-        if days.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        let mut pipe = redis::pipe();
-        for d in days {
-            for p in 0..self.partitions {
-                pipe.hgetall(self.keys.series(p, advertiser, *d));
-            }
-        }
-        let mut c = self.conn.clone();
-        let hashes: Vec<HashMap<String, i64>> = pipe.query_async(&mut c).await?;
+        let hashes: Vec<HashMap<String, i64>> = self
+            .per_partition(days, |p, d| {
+                Cmd::hgetall(self.keys.series(p, advertiser, d))
+            })
+            .await?;
         let mut out: BTreeMap<i64, Counters> = BTreeMap::new();
         for (f, v) in hashes.into_iter().flatten() {
             if let Some((start, m)) = parse_field(&f) {
@@ -162,17 +148,25 @@ impl SpeedReader {
         advertiser: i64,
         days: &[NaiveDate],
     ) -> redis::RedisResult<Option<i64>> {
-        if days.is_empty() {
-            return Ok(None);
-        }
-        let mut pipe = redis::pipe();
-        for d in days {
-            for p in 0..self.partitions {
-                pipe.hget(self.keys.metrics(p, advertiser, *d), AS_OF_FIELD);
-            }
-        }
-        let mut c = self.conn.clone();
-        let stamps: Vec<Option<i64>> = pipe.query_async(&mut c).await?;
+        let stamps: Vec<Option<i64>> = self
+            .per_partition(days, |p, d| {
+                Cmd::hget(self.keys.metrics(p, advertiser, d), AS_OF_FIELD)
+            })
+            .await?;
         Ok(stamps.into_iter().flatten().max())
+    }
+
+    /// Runs `cmd(partition, item)` for every item and every partition, in that order
+    /// (item-major), in as few round trips as the deployment allows.
+    async fn per_partition<I: Copy, T: redis::FromRedisValue>(
+        &self,
+        items: &[I],
+        cmd: impl Fn(i32, I) -> Cmd,
+    ) -> redis::RedisResult<Vec<T>> {
+        let cmds = items
+            .iter()
+            .flat_map(|i| (0..self.partitions).map(|p| (p, cmd(p, *i))))
+            .collect();
+        query_by_partition(&self.conn, cmds).await
     }
 }

@@ -36,7 +36,7 @@ enum Change {
 
 /// Consumer context: owns the blocking Redis client the rebalance callback uses.
 pub struct SpeedContext {
-    redis: redis::Client,
+    redis: common::config::RedisConfig,
     keys: Keys,
     traffic: String,
     effects: String,
@@ -125,10 +125,7 @@ impl SpeedContext {
         parts: &[i32],
         assigned: &TopicPartitionList,
     ) -> Result<(Vec<Ownership>, TopicPartitionList), anyhow::Error> {
-        let mut conn = self
-            .redis
-            .get_connection_with_timeout(Duration::from_secs(5))?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut conn = common::redis_conn::BlockingRedis::connect(&self.redis)?;
         let mut owned = Vec::new();
         let mut tpl = TopicPartitionList::new();
         for &p in parts {
@@ -168,7 +165,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let changes = Arc::new(Mutex::new(Vec::new()));
     let ctx = SpeedContext {
-        redis: redis::Client::open(cfg.redis.url.expose()).context("redis.url")?,
+        redis: cfg.redis.clone(),
         keys: shared.keys.clone(),
         traffic: cfg.kafka.traffic_topic.clone(),
         effects: cfg.kafka.effects_topic.clone(),

@@ -226,10 +226,9 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         cfg.speed.dims_cache_capacity,
         cfg.speed.dims_cache_ttl,
     );
-    let redis = redis::Client::open(cfg.redis.url.expose()).context("redis.url")?;
-    let redis = redis::aio::ConnectionManager::new(redis)
+    let redis = common::redis_conn::RedisConn::connect(&cfg.redis)
         .await
-        .context("connecting to Redis")?;
+        .context("connecting to Redis (redis.url / redis.cluster_nodes)")?;
     let producer = common::kafka::producer_config(&cfg.kafka)
         .create()
         .context("kafka producer")?;

@@ -52,8 +52,8 @@ pub struct Shared {
     pub cfg: Arc<Config>,
     /// Redis key builder.
     pub keys: Keys,
-    /// Redis connection (multiplexed, reconnecting).
-    pub redis: redis::aio::ConnectionManager,
+    /// Redis connection (single server or cluster; multiplexed, reconnecting).
+    pub redis: common::redis_conn::RedisConn,
     /// Dimension caches.
     pub dims: DimCache,
     /// Producer for dead letters.

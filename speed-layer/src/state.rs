@@ -115,7 +115,7 @@ fn parse_ownership(partition: i32, epoch: i64, off: &BTreeMap<String, i64>) -> O
 ///
 /// [`StateError::Redis`] when Redis does not answer.
 pub fn acquire_blocking(
-    conn: &mut redis::Connection,
+    conn: &mut impl redis::ConnectionLike,
     keys: &Keys,
     partition: i32,
 ) -> Result<Ownership, StateError> {

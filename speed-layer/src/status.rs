@@ -49,9 +49,7 @@ impl PartitionStatus {
 /// When Redis or Kafka do not answer.
 pub async fn read(cfg: &Config) -> anyhow::Result<Vec<PartitionStatus>> {
     let keys = Keys::new(&cfg.redis.key_prefix);
-    let client = redis::Client::open(cfg.redis.url.expose()).context("redis.url")?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    let mut conn = common::redis_conn::RedisConn::connect(&cfg.redis)
         .await
         .context("connecting to Redis")?;
     let consumer: BaseConsumer = common::kafka::client_config(&cfg.kafka)

@@ -292,3 +292,79 @@ async fn late_data_for_a_final_day_is_archived_noticed_and_revised() {
         Some("revised".into())
     );
 }
+
+/// Every result row of `days`: `daily_ad_metrics` (as [`db_rows`]) and `daily_uv`.
+type DayRows = (
+    BTreeMap<(i64, i64), (i64, i64, Vec<i64>)>,
+    Vec<(i64, i64, i64)>,
+);
+
+async fn day_rows(env: &TestEnv, day: chrono::NaiveDate) -> DayRows {
+    let pool = env.mysql();
+    let mut c = pool.get_conn().await.unwrap();
+    let uv: Vec<(i64, i64, i64)> = c
+        .exec(
+            "SELECT advertiser_id, campaign_id, uv FROM daily_uv WHERE day = ? ORDER BY 1, 2",
+            (day,),
+        )
+        .await
+        .unwrap();
+    drop(c);
+    pool.disconnect().await.ok();
+    (db_rows(env, day).await, uv)
+}
+
+async fn recompute_part(env: &TestEnv, days: (chrono::NaiveDate, chrono::NaiveDate), shard: &str) {
+    let (from, to) = (days.0.to_string(), days.1.to_string());
+    let out = env
+        .run(
+            "batch-layer",
+            &["recompute", "--from", &from, "--to", &to, "--shard", shard],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("recompute --shard {shard}: {e}"));
+    assert!(out.contains("0 failed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_give_the_same_rows_as_one() {
+    let mut env = TestEnv::new(4).await;
+    env.cfg.batch.archive_max_age = Duration::from_millis(500);
+    let r = env.replay(20_000).await;
+    env.start_archiver();
+    archive_all(&mut env, r.events.len()).await;
+    let days = days_of(&r.events);
+    let all_days: Vec<_> = days.0.iter_days().take_while(|d| *d <= days.1).collect();
+
+    // Two of three workers at once: the day must not turn final on a partial result.
+    tokio::join!(
+        recompute_part(&env, days, "0/3"),
+        recompute_part(&env, days, "1/3")
+    );
+    for d in &all_days {
+        let (f, _, _) = run_row(&env, *d).await.expect("run recorded");
+        assert_eq!(f, "none", "{d} is not final with 2 of 3 parts");
+        assert!(day_rows(&env, *d).await.0.is_empty(), "{d} has no rows yet");
+    }
+    recompute_part(&env, days, "2/3").await;
+    let mut split = Vec::new();
+    for d in &all_days {
+        assert_eq!(run_row(&env, *d).await.unwrap().0, "final", "{d}");
+        split.push(day_rows(&env, *d).await);
+    }
+    assert!(
+        split.iter().map(|(ads, _)| ads.len()).sum::<usize>() > 100,
+        "the split run wrote the data set's rows"
+    );
+
+    // The same days by one worker replace the rows: they must not change.
+    recompute_part(&env, days, "0/1").await;
+    for (d, rows) in all_days.iter().zip(&split) {
+        assert_eq!(run_row(&env, *d).await.unwrap().0, "final", "{d}");
+        assert_eq!(
+            &day_rows(&env, *d).await,
+            rows,
+            "{d}: 3 workers == 1 worker"
+        );
+    }
+}

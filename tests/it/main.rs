@@ -4,7 +4,9 @@
 mod attribution;
 mod batch;
 mod bi;
+mod cluster;
 mod crash;
 mod dlq;
 mod e2e;
+mod manifests;
 mod serving;

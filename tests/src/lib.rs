@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod check;
+pub mod redis_cluster;
 pub mod reference;
 pub mod webdriver;
 
@@ -304,7 +305,13 @@ impl TestEnv {
 
     /// Starts the serving layer and waits until `/healthz` answers.
     pub async fn start_server(&mut self) {
-        self.spawn("serving", "serving-layer", &["serve"]);
+        self.start_server_as("serving").await;
+    }
+
+    /// [`TestEnv::start_server`] as child `name` (a second server with another
+    /// configuration: set `cfg.serving.listen` first).
+    pub async fn start_server_as(&mut self, name: &str) {
+        self.spawn(name, "serving-layer", &["serve"]);
         let url = format!("{}/healthz", self.api_base());
         wait_until(
             Duration::from_secs(30),

@@ -12,9 +12,14 @@
 //!
 //! Memory is bounded by the largest slice, not by the day: a partition's compressed
 //! files plus at most `max_rows_in_memory` decoded records per worker.
+//!
+//! A day can also be split across machines ([`Shard`], `--shard i/N`): worker `i` takes
+//! the Kafka partitions `p` with `p mod N = i` and writes its part; the day turns final
+//! when the last part is written ([`output`]). N workers give the same rows as one.
 
 pub mod compute;
 pub mod input;
+pub mod output;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -22,12 +27,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::NaiveDate;
 use common::attribution::Rules;
-use common::counters::Measure;
 use common::day::day_num;
 use common::dims::StaticDimensions;
 use common::event::DAY_MS;
 use mysql_async::Pool;
-use mysql_async::prelude::Queryable;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
@@ -35,6 +38,53 @@ use self::compute::DayResult;
 use self::input::{InputError, InputFile, Plan};
 use crate::archive::store::Archive;
 use crate::runs;
+
+/// One worker's share of a split run: the Kafka partitions `p` with `p mod count =
+/// index`. Written `i/N` (0-based, like partitions and StatefulSet ordinals); `0/1`
+/// is the whole day.
+///
+/// Splitting by partition is splitting by a hash of the user (producers key every event
+/// by `user_id`, design brief "Topics"), so a user's clicks and effects, lookback
+/// included, stay with one worker and attribution never crosses workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// `i`, below `count`.
+    pub index: u32,
+    /// `N`, at least 1.
+    pub count: u32,
+}
+
+impl Shard {
+    /// The whole day, one worker.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Whether this shard owns Kafka partition `partition`.
+    pub fn owns(self, partition: i32) -> bool {
+        u32::try_from(partition).is_ok_and(|p| p % self.count == self.index)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// Parses `i/N` with `0 <= i < N`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}`: expected i/N with 0 <= i < N, e.g. 0/3");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u32 = i.trim().parse().map_err(|_| bad())?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
 
 /// Options of a recompute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +95,8 @@ pub struct Options {
     pub max_rows_in_memory: usize,
     /// Attribution rules.
     pub rules: Rules,
+    /// This worker's share of the day ([`Shard::WHOLE`] unless split).
+    pub shard: Shard,
 }
 
 impl Options {
@@ -59,6 +111,7 @@ impl Options {
             threads,
             max_rows_in_memory: cfg.batch.max_rows_in_memory.max(1),
             rules: cfg.attribution.rules(),
+            shard: Shard::WHOLE,
         }
     }
 
@@ -90,13 +143,17 @@ pub enum RecomputeError {
 pub struct DaySummary {
     /// The day.
     pub day: NaiveDate,
-    /// `final` or `revised`.
+    /// `final` or `revised`; `pending` when other parts of a split run are missing.
     pub finality: String,
+    /// The part this run wrote (`i/N`).
+    pub shard: String,
+    /// Parts of the split present after this run (N when the day is complete).
+    pub parts_done: u32,
     /// Records decoded (the day's rows and the lookback clicks).
     pub input_rows: u64,
     /// Rows of every input file (the late-data check compares this).
     pub archive_rows: i64,
-    /// Result rows written (ads).
+    /// Result rows written: the day's ad rows when complete, else this part's.
     pub output_rows: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
@@ -148,22 +205,19 @@ async fn compute_and_write(
     let started = Instant::now();
     let dims = Arc::new(common::dims::load_all(pool).await?);
     let span = u64::from(dims.advertisers.values().any(|a| a.tz != chrono_tz::UTC));
-    let plan = input::plan(archive, topics, day, span, opts.lookback_days()).await?;
+    let mut plan = input::plan(archive, topics, day, span, opts.lookback_days()).await?;
+    plan.groups.retain(|p, _| opts.shard.owns(*p));
     let files = plan.files();
     let (result, archive_rows) = compute_plan(archive, &plan, day, &dims, opts, progress).await?;
-    let previous = runs::get(pool, day).await?;
-    let finality = match previous {
-        Some(r) if r.finality != "none" && r.archive_rows != archive_rows => "revised",
-        Some(r) if r.finality == "revised" => "revised",
-        _ => "final",
-    };
-    let output_rows = write(pool, day, &result, &dims, archive_rows, finality).await?;
+    let written = output::write_part(pool, day, opts.shard, &result, &dims, archive_rows).await?;
     Ok(DaySummary {
         day,
-        finality: finality.to_owned(),
+        finality: written.finality.unwrap_or("pending").to_owned(),
+        shard: opts.shard.to_string(),
+        parts_done: written.parts_done,
         input_rows: result.input_rows,
         archive_rows,
-        output_rows,
+        output_rows: written.output_rows,
         duplicates: result.duplicates,
         unknown_dimension: result.unknown_dimension,
         files,
@@ -267,84 +321,8 @@ fn compute_group(
     Ok((result, file_rows))
 }
 
-const INSERT_CHUNK: usize = 500;
-
-/// Replaces `day`'s rows and records success, in one transaction.
-async fn write(
-    pool: &Pool,
-    day: NaiveDate,
-    r: &DayResult,
-    dims: &StaticDimensions,
-    archive_rows: i64,
-    finality: &str,
-) -> Result<u64, mysql_async::Error> {
-    let mut conn = pool.get_conn().await?;
-    let mut tx = runs::begin(&mut conn).await?;
-    tx.exec_drop("DELETE FROM daily_ad_metrics WHERE day = ?", (day,))
-        .await?;
-    tx.exec_drop("DELETE FROM daily_uv WHERE day = ?", (day,))
-        .await?;
-    let names: Vec<&str> = Measure::ALL.iter().map(|m| m.name()).collect();
-    let cols = 5 + names.len();
-    let rows: Vec<(&(i64, i64), &common::counters::Counters)> = r.by_ad.iter().collect();
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let one = format!(
-            "(?, ?, ?, ?, ?{}, CURRENT_TIMESTAMP(3))",
-            ", ?".repeat(names.len())
-        );
-        let sql = format!(
-            "INSERT INTO daily_ad_metrics (day, advertiser_id, ad_id, campaign_id, uv, {}, computed_at) VALUES {}",
-            names.join(", "),
-            vec![one; chunk.len()].join(", ")
-        );
-        let mut params: Vec<mysql_async::Value> = Vec::with_capacity(chunk.len() * cols);
-        for ((adv, ad), c) in chunk {
-            let campaign = dims.ads.get(ad).map_or(0, |a| a.campaign_id);
-            params.push(day.into());
-            params.push((*adv).into());
-            params.push((*ad).into());
-            params.push(campaign.into());
-            params.push(r.uv_ad.get(&(*adv, *ad)).copied().unwrap_or(0).into());
-            params.extend(c.0.iter().map(|v| mysql_async::Value::from(*v)));
-        }
-        tx.exec_drop(sql, params).await?;
-    }
-    let uvs: Vec<(i64, i64, i64)> = r
-        .uv_campaign
-        .iter()
-        .map(|((adv, c), n)| (*adv, *c, *n))
-        .chain(r.uv_advertiser.iter().map(|(adv, n)| (*adv, 0, *n)))
-        .collect();
-    for chunk in uvs.chunks(INSERT_CHUNK) {
-        let sql = format!(
-            "INSERT INTO daily_uv (day, advertiser_id, campaign_id, uv) VALUES {}",
-            vec!["(?, ?, ?, ?)"; chunk.len()].join(", ")
-        );
-        let params: Vec<mysql_async::Value> = chunk
-            .iter()
-            .flat_map(|(a, c, n)| [day.into(), (*a).into(), (*c).into(), (*n).into()])
-            .collect();
-        tx.exec_drop(sql, params).await?;
-    }
-    let output_rows = rows.len() as u64;
-    tx.exec_drop(
-        "UPDATE batch_runs SET finality = ?, run_status = 'succeeded', finished_at = CURRENT_TIMESTAMP(3), \
-         first_final_at = COALESCE(first_final_at, CURRENT_TIMESTAMP(3)), input_rows = ?, output_rows = ?, \
-         archive_rows = ?, code_version = ?, error = NULL WHERE day = ?",
-        (finality, r.input_rows, output_rows, archive_rows, runs::CODE_VERSION, day),
-    )
-    .await?;
-    tx.exec_drop(
-        "UPDATE advertisers SET final_through = ? WHERE final_through IS NULL OR final_through < ?",
-        (day, day),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(output_rows)
-}
-
-/// Rows of a day's input files now (footers only), to compare with what its last
-/// success counted.
+/// Rows of the input files of `shard`'s part of a day now (footers only), to compare
+/// with what its last success counted.
 ///
 /// # Errors
 ///
@@ -355,10 +333,11 @@ pub async fn current_archive_rows(
     day: NaiveDate,
     span: u64,
     lookback_days: u64,
+    shard: Shard,
 ) -> Result<i64, InputError> {
     let plan = input::plan(archive, topics, day, span, lookback_days).await?;
     let mut total = 0;
-    for files in plan.groups.values() {
+    for (_, files) in plan.groups.iter().filter(|(p, _)| shard.owns(**p)) {
         for f in files {
             let bytes = archive.store.get(&f.meta.location).await?.bytes().await?;
             total += input::row_count(f.meta.location.as_ref(), bytes)?;
