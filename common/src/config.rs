@@ -201,6 +201,14 @@ pub struct ClickHouseConfig {
     pub enabled: bool,
     /// HTTP endpoint. Default `http://127.0.0.1:8123`.
     pub url: String,
+    /// HTTP endpoints of the shards of a sharded deployment, one per shard, in the order
+    /// of the shards in the cluster definition; when non-empty `url` is ignored, the
+    /// speed layer writes each row to its shard's local tables, and `<table>_all`
+    /// `Distributed` tables are created for reads. Default empty (one server).
+    pub shards: Vec<String>,
+    /// Name of the cluster (`<remote_servers>` in the servers' configuration) the
+    /// `Distributed` tables read from. Default `admetrics`.
+    pub cluster: String,
     /// Database. Default `admetrics`.
     pub database: String,
     /// User. Default `default`.
@@ -228,6 +236,8 @@ impl Default for ClickHouseConfig {
         ClickHouseConfig {
             enabled: true,
             url: "http://127.0.0.1:8123".into(),
+            shards: Vec::new(),
+            cluster: "admetrics".into(),
             database: "admetrics".into(),
             user: "default".into(),
             password: Secret::default(),
@@ -237,6 +247,24 @@ impl Default for ClickHouseConfig {
             retry_min_delay: Duration::from_millis(500),
             retry_max_delay: Duration::from_secs(10),
         }
+    }
+}
+
+impl ClickHouseConfig {
+    /// One configuration per shard (each with its shard's `url`); the configuration
+    /// itself when not sharded.
+    pub fn per_shard(&self) -> Vec<ClickHouseConfig> {
+        if self.shards.is_empty() {
+            return vec![self.clone()];
+        }
+        self.shards
+            .iter()
+            .map(|url| ClickHouseConfig {
+                url: url.clone(),
+                shards: Vec::new(),
+                ..self.clone()
+            })
+            .collect()
     }
 }
 

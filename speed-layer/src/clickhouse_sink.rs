@@ -18,6 +18,16 @@
 //! re-inserts collapse in the `ReplacingMergeTree` table (read with `FINAL`).
 //!
 //! Writes go to the local table named in config, never through a `Distributed` table.
+//!
+//! # Shards
+//!
+//! With `clickhouse.shards` (one HTTP URL per shard) each shard has its own local
+//! tables, rollups (materialized views fire on the shard's own inserts) and its own
+//! journal, retries and spill directory (`<state_dir>/clickhouse/shard-<i>/`), so a
+//! shard that is down delays or spills only its rows. A row goes to shard
+//! `sipHash64(event_id) % shards` ([`shard_of`]), the sharding key of the
+//! `events_all` `Distributed` table: an event's duplicates always meet on one shard,
+//! where `FINAL` collapses them. BI reads the `*_all` tables.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,6 +48,39 @@ pub const DETAIL_TABLE: &str = "events";
 
 /// The ClickHouse DDL (`deploy/sql/clickhouse.sql`).
 pub const SCHEMA_SQL: &str = include_str!("../../deploy/sql/clickhouse.sql");
+
+/// The shard (0-based, below `shards`) of the row of `event_id`: ClickHouse's
+/// `sipHash64(event_id) % shards`, the `Distributed` table's sharding key.
+pub fn shard_of(event_id: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    // std's SipHasher is SipHash-2-4 with a zero key, exactly ClickHouse's sipHash64;
+    // it is deprecated only in favour of a randomly keyed HashMap hasher.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    std::hash::Hasher::write(&mut h, event_id.as_bytes());
+    let hash = std::hash::Hasher::finish(&h);
+    usize::try_from(hash % shards as u64).unwrap_or(0)
+}
+
+/// The `Distributed` tables of a sharded deployment, created on every shard.
+fn distributed_statements(cfg: &ClickHouseConfig) -> Vec<String> {
+    let ident = |s: &str| s.replace('`', "");
+    let (cluster, db) = (ident(&cfg.cluster), ident(&cfg.database));
+    [
+        ("events", ", sipHash64(event_id)"),
+        ("daily_ad", ""),
+        ("daily_ad_uv", ""),
+    ]
+    .iter()
+    .map(|(t, key)| {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {t}_all AS {t} ENGINE = Distributed(`{cluster}`, `{db}`, {t}{key})"
+        )
+    })
+    .collect()
+}
 
 /// Builds a client for `cfg` (RowBinary without schema validation: ClickHouse 18.16
 /// does not know `RowBinaryWithNamesAndTypes`).
@@ -64,26 +107,34 @@ pub fn schema_statements() -> Vec<String> {
         .collect()
 }
 
-/// Creates the database and tables that do not exist yet.
+/// Creates the database and tables that do not exist yet, on every shard (with the
+/// `Distributed` tables when sharded).
 ///
 /// # Errors
 ///
 /// When ClickHouse is unreachable or refuses a statement.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<(), clickhouse::error::Error> {
-    let admin = clickhouse::Client::default()
-        .with_url(&cfg.url)
-        .with_user(&cfg.user)
-        .with_password(cfg.password.expose());
-    admin
-        .query(&format!(
-            "CREATE DATABASE IF NOT EXISTS `{}`",
-            cfg.database.replace('`', "")
-        ))
-        .execute()
-        .await?;
-    let c = client(cfg);
-    for stmt in schema_statements() {
-        c.query(&stmt).execute().await?;
+    for shard in cfg.per_shard() {
+        let admin = clickhouse::Client::default()
+            .with_url(&shard.url)
+            .with_user(&shard.user)
+            .with_password(shard.password.expose());
+        admin
+            .query(&format!(
+                "CREATE DATABASE IF NOT EXISTS `{}`",
+                shard.database.replace('`', "")
+            ))
+            .execute()
+            .await?;
+        let c = client(&shard);
+        for stmt in schema_statements() {
+            c.query(&stmt).execute().await?;
+        }
+        if !cfg.shards.is_empty() {
+            for stmt in distributed_statements(cfg) {
+                c.query(&stmt).execute().await?;
+            }
+        }
     }
     Ok(())
 }
@@ -93,10 +144,10 @@ enum SinkMsg {
     Barrier(oneshot::Sender<Result<(), String>>),
 }
 
-/// Handle partition tasks use to hand rows to the sink.
+/// Handle partition tasks use to hand rows to the sink (one channel per shard).
 #[derive(Clone, Debug)]
 pub struct SinkHandle {
-    tx: mpsc::Sender<SinkMsg>,
+    shards: Vec<mpsc::Sender<SinkMsg>>,
 }
 
 impl SinkHandle {
@@ -106,10 +157,20 @@ impl SinkHandle {
     ///
     /// When the sink task has stopped.
     pub async fn push(&self, rows: Vec<DetailRow>) -> Result<(), String> {
-        self.tx
-            .send(SinkMsg::Rows(rows))
-            .await
-            .map_err(|_| "clickhouse sink stopped".to_owned())
+        let stopped = |_| "clickhouse sink stopped".to_owned();
+        if let [one] = self.shards.as_slice() {
+            return one.send(SinkMsg::Rows(rows)).await.map_err(stopped);
+        }
+        let mut split: Vec<Vec<DetailRow>> = vec![Vec::new(); self.shards.len()];
+        for r in rows {
+            split[shard_of(&r.event_id, self.shards.len())].push(r);
+        }
+        for (tx, rows) in self.shards.iter().zip(split) {
+            if !rows.is_empty() {
+                tx.send(SinkMsg::Rows(rows)).await.map_err(stopped)?;
+            }
+        }
+        Ok(())
     }
 
     /// Returns once every row pushed so far is durable (journaled on disk).
@@ -118,12 +179,20 @@ impl SinkHandle {
     ///
     /// When the journal cannot be written or the sink has stopped.
     pub async fn barrier(&self) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(SinkMsg::Barrier(tx))
-            .await
-            .map_err(|_| "clickhouse sink stopped".to_owned())?;
-        rx.await.map_err(|_| "clickhouse sink stopped".to_owned())?
+        let stopped = || "clickhouse sink stopped".to_owned();
+        let mut acks = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let (tx, rx) = oneshot::channel();
+            shard
+                .send(SinkMsg::Barrier(tx))
+                .await
+                .map_err(|_| stopped())?;
+            acks.push(rx);
+        }
+        for rx in acks {
+            rx.await.map_err(|_| stopped())??;
+        }
+        Ok(())
     }
 }
 
@@ -137,27 +206,57 @@ pub struct SinkDirs {
 }
 
 impl SinkDirs {
-    /// `<state_dir>/clickhouse/{journal,spill}`.
-    pub fn under(state_dir: &Path) -> Self {
+    /// `<state_dir>/clickhouse/{journal,spill}` of an unsharded deployment, else
+    /// `<state_dir>/clickhouse/shard-<shard>/{journal,spill}`.
+    pub fn of_shard(state_dir: &Path, shard: usize, shards: usize) -> Self {
+        let base = if shards <= 1 {
+            state_dir.join("clickhouse")
+        } else {
+            state_dir.join(format!("clickhouse/shard-{shard}"))
+        };
         SinkDirs {
-            journal: state_dir.join("clickhouse/journal"),
-            spill: state_dir.join("clickhouse/spill"),
+            journal: base.join("journal"),
+            spill: base.join("spill"),
         }
     }
 }
 
-/// Starts the sink: a task batching rows into journal files, and an inserter task.
+/// Starts the sink of every shard ([`start_shard`]); the handle routes each row to its
+/// shard.
+///
+/// # Errors
+///
+/// When the directories cannot be created.
+pub async fn start(
+    cfg: &ClickHouseConfig,
+    state_dir: &Path,
+    shutdown: &CancellationToken,
+) -> std::io::Result<(SinkHandle, tokio::task::JoinSet<()>)> {
+    let shards = cfg.per_shard();
+    let mut set = tokio::task::JoinSet::new();
+    let mut handle = SinkHandle { shards: Vec::new() };
+    for (i, shard) in shards.iter().enumerate() {
+        let dirs = SinkDirs::of_shard(state_dir, i, shards.len());
+        let tx = start_shard(shard.clone(), dirs, shutdown.clone(), &mut set).await?;
+        handle.shards.push(tx);
+    }
+    Ok((handle, set))
+}
+
+/// Starts one shard's sink: a task batching rows into journal files, and an inserter
+/// task.
 /// Journal files left by an earlier run are inserted first. Both tasks end after
 /// `shutdown` fires and the last batch was inserted or spilled.
 ///
 /// # Errors
 ///
 /// When the directories cannot be created.
-pub async fn start(
+async fn start_shard(
     cfg: ClickHouseConfig,
     dirs: SinkDirs,
     shutdown: CancellationToken,
-) -> std::io::Result<(SinkHandle, tokio::task::JoinSet<()>)> {
+    set: &mut tokio::task::JoinSet<()>,
+) -> std::io::Result<mpsc::Sender<SinkMsg>> {
     tokio::fs::create_dir_all(&dirs.journal).await?;
     tokio::fs::create_dir_all(&dirs.spill).await?;
     let (tx, rx) = mpsc::channel(64);
@@ -182,7 +281,6 @@ pub async fn start(
             recovered.push(p);
         }
     }
-    let mut set = tokio::task::JoinSet::new();
     let client = client(&cfg);
     let ins_cfg = cfg.clone();
     let spill_dir = dirs.spill.clone();
@@ -193,7 +291,7 @@ pub async fn start(
             tracing::error!(error = %e, "clickhouse journal failed; rows since the last barrier are replayed from Kafka");
         }
     });
-    Ok((SinkHandle { tx }, set))
+    Ok(tx)
 }
 
 struct Batcher {
@@ -441,16 +539,34 @@ pub async fn insert_file(
     Ok(rows.len())
 }
 
-/// Loads every spilled file into ClickHouse, deleting each only after its insert was
-/// acknowledged. Returns (files, rows) loaded.
+/// Loads every spilled file of every shard into its shard, deleting each only after
+/// its insert was acknowledged. Returns (files, rows) loaded.
 ///
 /// # Errors
 ///
-/// The first file that still cannot be inserted (it stays in place).
+/// The first file that still cannot be inserted (it and later ones stay in place).
 pub async fn replay_spill(
+    cfg: &ClickHouseConfig,
+    state_dir: &Path,
+) -> Result<(usize, usize), String> {
+    let shards = cfg.per_shard();
+    let (mut n_files, mut n_rows) = (0, 0);
+    for (i, shard) in shards.iter().enumerate() {
+        let dirs = SinkDirs::of_shard(state_dir, i, shards.len());
+        let (f, r) = replay_shard_spill(shard, &dirs.spill).await?;
+        n_files += f;
+        n_rows += r;
+    }
+    Ok((n_files, n_rows))
+}
+
+async fn replay_shard_spill(
     cfg: &ClickHouseConfig,
     spill_dir: &Path,
 ) -> Result<(usize, usize), String> {
+    if !spill_dir.exists() {
+        return Ok((0, 0));
+    }
     let client = client(cfg);
     let mut files = list_jsonl(spill_dir)
         .await

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use common::config::Config;
 use common::redis_keys::Keys;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use speed_layer::clickhouse_sink::{self, SinkDirs};
+use speed_layer::clickhouse_sink;
 use speed_layer::dims::DimCache;
 use speed_layer::partition::Shared;
 use speed_layer::replay::{self, ReplayOptions, Shift};
@@ -148,8 +148,7 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ReplaySpill => {
-            let dirs = SinkDirs::under(&cfg.state_dir);
-            let (files, rows) = clickhouse_sink::replay_spill(&cfg.clickhouse, &dirs.spill)
+            let (files, rows) = clickhouse_sink::replay_spill(&cfg.clickhouse, &cfg.state_dir)
                 .await
                 .map_err(anyhow::Error::msg)?;
             println!("{{\"files\": {files}, \"rows\": {rows}}}");
@@ -237,12 +236,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         clickhouse_sink::migrate(&cfg.clickhouse)
             .await
             .context("ClickHouse schema (set clickhouse.enabled = false to run without)")?;
-        let (h, set) = clickhouse_sink::start(
-            cfg.clickhouse.clone(),
-            SinkDirs::under(&cfg.state_dir),
-            sink_stop.clone(),
-        )
-        .await?;
+        let (h, set) = clickhouse_sink::start(&cfg.clickhouse, &cfg.state_dir, &sink_stop).await?;
         (Some(h), set)
     } else {
         (None, tokio::task::JoinSet::new())

@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use admetrics_tests::{TestEnv, reference, wait_until};
+use admetrics_tests::clickhouse_shards::{CLUSTER, ClickHouseShards};
+use admetrics_tests::{TestEnv, free_port, reference, wait_until};
 use common::event::{DAY_MS, Event, EventKind};
 use mysql_async::prelude::Queryable;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -18,9 +19,13 @@ const CHAIN_USERS: i64 = 24;
 
 /// Runs `sql` on this test's ClickHouse database and returns the `data` rows.
 async fn ch(env: &TestEnv, sql: &str) -> Vec<Value> {
-    let c = &env.cfg.clickhouse;
+    ch_at(&env.cfg.clickhouse.url, &env.cfg.clickhouse.database, sql).await
+}
+
+/// Runs `sql` on database `db` of the server at `url`.
+async fn ch_at(url: &str, db: &str, sql: &str) -> Vec<Value> {
     let resp = reqwest::Client::new()
-        .post(format!("{}/?database={}", c.url, c.database))
+        .post(format!("{url}/?database={db}"))
         .body(format!("{sql} FORMAT JSON"))
         .send()
         .await
@@ -463,4 +468,156 @@ async fn clickhouse_down_past_the_retries_spills_and_replay_spill_loads_every_ev
         "every event is in ClickHouse"
     );
     assert_eq!(n(&rows[0]["c"]) as usize, events.len(), "exactly once");
+}
+
+/// Per (day, advertiser, ad): every rollup measure summed, and the merged uniq UV.
+async fn rollups(url: &str, db: &str, suffix: &str) -> BTreeMap<String, (Vec<i64>, f64)> {
+    let names: Vec<&str> = common::counters::Measure::ALL
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    let sums: Vec<String> = names
+        .iter()
+        .map(|m| format!("toInt64(sum({m})) AS {m}"))
+        .collect();
+    let rows = ch_at(
+        url,
+        db,
+        &format!(
+            "SELECT toString(day) AS d, advertiser_id AS a, ad_id AS ad, {} FROM daily_ad{suffix} GROUP BY d, a, ad",
+            sums.join(", ")
+        ),
+    )
+    .await;
+    let uv = ch_at(
+        url,
+        db,
+        &format!("SELECT toString(day) AS d, advertiser_id AS a, ad_id AS ad, uniqMerge(uv) AS uv FROM daily_ad_uv{suffix} GROUP BY d, a, ad"),
+    )
+    .await;
+    let key = |r: &Value| format!("{} {} {}", r["d"], r["a"], r["ad"]);
+    let mut out: BTreeMap<String, (Vec<i64>, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                key(r),
+                (names.iter().map(|m| n(&r[*m]) as i64).collect(), 0.0),
+            )
+        })
+        .collect();
+    for r in &uv {
+        out.entry(key(r)).or_default().1 = n(&r["uv"]);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clickhouse_shards_hold_every_event_once_with_the_same_rollups_as_one_server() {
+    let mut env = TestEnv::new(4).await;
+    let shards = ClickHouseShards::start(&env.state_dir.join("ch-shards"), 2);
+    env.cfg.clickhouse.batch_interval = Duration::from_secs(1);
+    let mut sharded = env.cfg.clickhouse.clone();
+    sharded.shards = shards.urls.clone();
+    sharded.cluster = CLUSTER.into();
+    let r = env.replay(ROWS).await;
+    let events = r.events;
+    // Two speed layers read the same topics: one into the shared server, one into the
+    // shards (its own consumer group, Redis prefix and state directory).
+    env.spawn("speed-single", "speed-layer", &["run"]);
+    let sharded_state = env.state_dir.join("sharded");
+    env.spawn_with_env(
+        "speed-sharded",
+        "speed-layer",
+        &["run"],
+        &[
+            (
+                "ADMETRICS__CLICKHOUSE__SHARDS",
+                serde_json::to_string(&shards.urls).unwrap(),
+            ),
+            ("ADMETRICS__CLICKHOUSE__CLUSTER", CLUSTER.to_owned()),
+            (
+                "ADMETRICS__SPEED__GROUP_ID",
+                format!("{}-sharded", env.cfg.speed.group_id),
+            ),
+            (
+                "ADMETRICS__REDIS__KEY_PREFIX",
+                format!("{}s", env.cfg.redis.key_prefix),
+            ),
+            ("ADMETRICS__STATE_DIR", sharded_state.display().to_string()),
+            ("ADMETRICS__KAFKA__GROUP_INSTANCE_ID", "sharded".to_owned()),
+            (
+                "ADMETRICS__SPEED__METRICS_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+        ],
+    );
+    let db = env.cfg.clickhouse.database.clone();
+    let (single_url, shard0) = (env.cfg.clickhouse.url.clone(), shards.urls[0].clone());
+    let total = |url: String, table: &'static str| {
+        let db = db.clone();
+        async move {
+            let rows = ch_at(&url, &db, &format!("SELECT count() AS c FROM {table}")).await;
+            rows.first().map_or(0, |r| n(&r["c"]) as usize)
+        }
+    };
+    let what = format!("{} rows in both ClickHouse paths", events.len());
+    wait_until(Duration::from_secs(180), &what, || {
+        let (a, b) = (
+            total(single_url.clone(), "events"),
+            total(shard0.clone(), "events_all"),
+        );
+        let want = events.len();
+        async move { a.await >= want && b.await >= want }
+    })
+    .await;
+
+    // Exactly one row per event, through the Distributed table with FINAL.
+    let all = ch_at(
+        &shard0,
+        &db,
+        "SELECT count() AS c, uniqExact(event_id) AS u FROM events_all FINAL",
+    )
+    .await;
+    assert_eq!(
+        n(&all[0]["u"]) as usize,
+        events.len(),
+        "every event on the shards"
+    );
+    assert_eq!(
+        n(&all[0]["c"]) as usize,
+        events.len(),
+        "exactly one row per event"
+    );
+    // Each shard holds the events whose sipHash64(event_id) % 2 is its number, which is
+    // also the Distributed table's sharding key.
+    for (i, url) in shards.urls.iter().enumerate() {
+        let rows = ch_at(
+            url,
+            &db,
+            &format!("SELECT count() AS c, countIf(sipHash64(event_id) % 2 != {i}) AS wrong FROM events FINAL"),
+        )
+        .await;
+        assert!(n(&rows[0]["c"]) > 0.0, "shard {i} holds events");
+        assert_eq!(
+            n(&rows[0]["wrong"]),
+            0.0,
+            "shard {i} holds only its own events"
+        );
+    }
+    // The rollups over the shards equal the single server's.
+    let one = rollups(&single_url, &db, "").await;
+    let two = rollups(&shard0, &db, "_all").await;
+    assert!(one.len() > 100, "the rollups cover the data set");
+    assert_eq!(
+        one.keys().collect::<Vec<_>>(),
+        two.keys().collect::<Vec<_>>()
+    );
+    for (k, (sums, uv)) in &one {
+        let (sums2, uv2) = &two[k];
+        assert_eq!(sums, sums2, "{k}: rollup sums");
+        assert!(
+            (uv - uv2).abs() <= (uv * 0.02).max(1.0),
+            "{k}: uv {uv} vs {uv2}"
+        );
+    }
 }

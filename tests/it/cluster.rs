@@ -42,6 +42,12 @@ async fn sigkilled_speed_layer_on_redis_cluster_matches_single_redis() {
             format!("{}-cluster", env.cfg.speed.group_id),
         ),
         ("ADMETRICS__KAFKA__GROUP_INSTANCE_ID", "cluster".to_owned()),
+        // The BI path is the other test's subject; its journal must not be shared.
+        ("ADMETRICS__CLICKHOUSE__ENABLED", "false".to_owned()),
+        (
+            "ADMETRICS__STATE_DIR",
+            env.state_dir.join("on-cluster").display().to_string(),
+        ),
         (
             "ADMETRICS__SPEED__METRICS_LISTEN",
             format!("127.0.0.1:{}", free_port()),

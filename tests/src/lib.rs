@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod check;
+pub mod clickhouse_shards;
 pub mod redis_cluster;
 pub mod reference;
 pub mod webdriver;

@@ -27,10 +27,12 @@ impl RedisCluster {
     /// Starts `masters` servers under `dir` and creates the cluster; panics (naming the
     /// package to install) when `redis-server` or `redis-cli` is missing.
     pub fn start(dir: &Path, masters: usize) -> RedisCluster {
-        std::fs::create_dir_all(dir).expect("cluster dir");
         let ports: Vec<u16> = (0..masters).map(|_| cluster_port()).collect();
         let mut servers = Vec::new();
         for port in &ports {
+            // One directory per node: their AOF files have the same names.
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
             let child = Command::new("redis-server")
                 .args([
                     "--port",
@@ -48,7 +50,7 @@ impl RedisCluster {
                     "--save",
                     "",
                     "--dir",
-                    dir.to_str().expect("utf-8 dir"),
+                    node_dir.to_str().expect("utf-8 dir"),
                     "--logfile",
                     &format!("redis-{port}.log"),
                 ])

@@ -1,0 +1,93 @@
+//! Throwaway local ClickHouse servers acting as the shards of one cluster (each
+//! server's `<remote_servers>` names all of them), stopped when dropped.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The cluster name in the servers' `<remote_servers>` (config `clickhouse.cluster`).
+pub const CLUSTER: &str = "admetrics_it";
+
+/// Running shard servers.
+pub struct ClickHouseShards {
+    /// HTTP URL of every shard, in cluster order (config `clickhouse.shards`).
+    pub urls: Vec<String>,
+    servers: Vec<Child>,
+}
+
+impl ClickHouseShards {
+    /// Starts `shards` servers under `dir`; panics (naming the package) when
+    /// `clickhouse-server` is missing or a server does not answer within 60 s.
+    pub fn start(dir: &Path, shards: usize) -> ClickHouseShards {
+        let ports: Vec<(u16, u16)> = (0..shards)
+            .map(|_| (crate::free_port(), crate::free_port()))
+            .collect();
+        let remote: String = ports
+            .iter()
+            .map(|(_, tcp)| {
+                format!(
+                    "<shard><replica><host>127.0.0.1</host><port>{tcp}</port></replica></shard>"
+                )
+            })
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (http, tcp)) in ports.iter().enumerate() {
+            let d_path = dir.join(format!("shard-{i}"));
+            std::fs::create_dir_all(&d_path).expect("shard dir");
+            let d = d_path.to_str().expect("utf-8 dir");
+            // The local stack's server configuration, plus the cluster definition.
+            let config = include_str!("../../deploy/local/clickhouse.xml")
+                .replace("@STATE@", d)
+                .replace("@HTTP_PORT@", &http.to_string())
+                .replace("@TCP_PORT@", &tcp.to_string())
+                .replace(
+                    "</yandex>",
+                    &format!("  <remote_servers><{CLUSTER}>{remote}</{CLUSTER}></remote_servers>\n</yandex>"),
+                );
+            std::fs::create_dir_all(d_path.join("logs")).expect("shard logs");
+            let file = format!("{d}/config.xml");
+            std::fs::write(&file, config).expect("shard config");
+            let child = Command::new("clickhouse-server")
+                .arg(format!("--config-file={file}"))
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "clickhouse-server cannot start ({e}): install Debian's clickhouse-server"
+                    )
+                });
+            servers.push(child);
+        }
+        let shards = ClickHouseShards {
+            urls: ports
+                .iter()
+                .map(|(http, _)| format!("http://127.0.0.1:{http}"))
+                .collect(),
+            servers,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (http, _) in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *http)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "ClickHouse shard on port {http} did not start (log in {})",
+                    dir.display()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        shards
+    }
+}
+
+impl Drop for ClickHouseShards {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            s.kill().ok();
+            s.wait().ok();
+        }
+    }
+}
