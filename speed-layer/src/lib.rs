@@ -47,6 +47,7 @@ pub mod clickhouse_sink;
 pub mod consumer;
 pub mod dims;
 pub mod dlq;
+pub mod dlq_admin;
 pub mod partition;
 pub mod pipeline;
 pub mod replay;

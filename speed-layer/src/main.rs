@@ -60,11 +60,55 @@ enum Command {
     },
     /// Create what the speed layer needs: Kafka topics, MySQL and ClickHouse tables.
     Migrate,
+    /// The dead-letter topic: list rejected messages by reason, re-drive fixed ones.
+    Dlq {
+        #[command(subcommand)]
+        which: DlqCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print every selected record as a JSON line, then the counts by reason.
+    List {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Only the counts by reason.
+        #[arg(long)]
+        summary: bool,
+    },
+    /// Produce the selected records back to their source topic (same key and bytes).
+    Redrive {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Show what would be re-driven, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqSelect {
+    /// Only records with this reason (repeatable), e.g. `unknown_ad`.
+    #[arg(long = "reason")]
+    reasons: Vec<String>,
+    /// Only the record at this DLQ position `partition:offset` (repeatable).
+    #[arg(long = "at")]
+    at: Vec<String>,
+}
+
+impl From<DlqSelect> for speed_layer::dlq_admin::Selection {
+    fn from(s: DlqSelect) -> Self {
+        speed_layer::dlq_admin::Selection {
+            reasons: s.reasons,
+            at: s.at,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -162,6 +206,39 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
                 speed_layer::status::read(&cfg).await?
             };
             println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(())
+        }
+        Command::Dlq {
+            which: DlqCommand::List { select, summary },
+        } => {
+            let entries = speed_layer::dlq_admin::list(&cfg.kafka, &select.into())?;
+            if !summary {
+                for e in &entries {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            }
+            let counts = speed_layer::dlq_admin::by_reason(&entries);
+            println!(
+                "{}",
+                serde_json::json!({ "total": entries.len(), "by_reason": counts })
+            );
+            Ok(())
+        }
+        Command::Dlq {
+            which: DlqCommand::Redrive { select, dry_run },
+        } => {
+            anyhow::ensure!(
+                !select.reasons.is_empty() || !select.at.is_empty(),
+                "say what to re-drive: --reason REASON and/or --at PARTITION:OFFSET (see `speed-layer dlq list`)"
+            );
+            let sent = speed_layer::dlq_admin::redrive(&cfg.kafka, &select.into(), dry_run).await?;
+            for e in &sent {
+                println!("{}", serde_json::to_string(e)?);
+            }
+            println!(
+                "{}",
+                serde_json::json!({ "redriven": if dry_run { 0 } else { sent.len() }, "selected": sent.len(), "dry_run": dry_run })
+            );
             Ok(())
         }
         Command::Migrate => {

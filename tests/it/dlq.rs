@@ -1,10 +1,12 @@
 //! Poison messages go to the dead-letter topic with their reason and original bytes,
-//! and the consumer keeps going.
+//! and the consumer keeps going; `speed-layer dlq` lists them by reason and re-drives a
+//! fixed one, which is then counted once.
 
 use std::time::Duration;
 
 use admetrics_tests::{TestEnv, dataset_path};
 use common::kafka::header_str;
+use mysql_async::prelude::Queryable;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -128,4 +130,110 @@ async fn poison_messages_land_in_the_dlq_with_their_reason_and_processing_contin
         replayed + 2,
         "good clicks after the poison are counted"
     );
+}
+
+/// Clicks of `ad` (advertiser 12) today in Redis (one partition).
+async fn clicks_today(env: &TestEnv, ad: i64) -> i64 {
+    let day = common::day::today(common::day::now_ms(), chrono_tz::UTC);
+    let keys = common::redis_keys::Keys::new(&env.cfg.redis.key_prefix);
+    let mut r = env.redis().await;
+    let clicks: Option<i64> = redis::cmd("HGET")
+        .arg(keys.metrics(0, 12, day))
+        .arg(format!("{ad}:clicks"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    clicks.unwrap_or(0)
+}
+
+async fn settle(env: &TestEnv) {
+    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(120)).await {
+        panic!("{e}\n{}", env.log("speed"));
+    }
+}
+
+/// The JSON lines `speed-layer dlq ...` printed.
+async fn dlq(env: &TestEnv, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut a = vec!["dlq"];
+    a.extend_from_slice(args);
+    let out = env.run("speed-layer", &a).await.expect("speed-layer dlq");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_poison_message_is_redriven_from_the_dlq_and_counted_once() {
+    let mut env = TestEnv::new(1).await;
+    env.cfg.speed.dims_cache_ttl = Duration::from_secs(1);
+    let data = dataset_path();
+    env.run(
+        "speed-layer",
+        &["replay", "--data", data.to_str().unwrap(), "--limit", "50"],
+    )
+    .await
+    .expect("replay");
+    // A click on an ad MySQL does not know yet: the ad was created after the click.
+    const NEW_AD: i64 = 99_999_999;
+    let now = common::day::now_ms();
+    let click = format!(
+        r#"{{"kind":"click","event_id":"late-ad-1","ts":{now},"user_id":"u-late","ad_id":{NEW_AD},"advertiser_id":12,"product_id":12,"cost_micros":2500}}"#
+    );
+    let producer: FutureProducer = common::kafka::producer_config(&env.cfg.kafka)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&env.cfg.kafka.traffic_topic)
+                .key("u-late")
+                .payload(&click),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    env.spawn("speed", "speed-layer", &["run"]);
+    settle(&env).await;
+    assert_eq!(clicks_today(&env, NEW_AD).await, 0, "rejected, not counted");
+
+    let listed = dlq(&env, &["list"]).await;
+    let summary = listed.last().unwrap();
+    assert_eq!(summary["by_reason"]["unknown_ad"], 1, "{listed:?}");
+    let record = listed
+        .iter()
+        .find(|r| r["reason"] == "unknown_ad")
+        .expect("the record");
+    assert_eq!(record["payload"], click.as_str(), "original bytes");
+    let at = record["at"].as_str().unwrap().to_owned();
+
+    // The fix: the ad now exists. Re-drive exactly that record.
+    let pool = env.mysql();
+    let mut c = pool.get_conn().await.unwrap();
+    c.exec_drop(
+        "INSERT INTO ads (ad_id, campaign_id, advertiser_id, product_id, cpc_micros, name) \
+         SELECT ?, campaign_id, advertiser_id, product_id, 2500, 'created late' FROM ads WHERE ad_id = 12497",
+        (NEW_AD,),
+    )
+    .await
+    .unwrap();
+    drop(c);
+    pool.disconnect().await.ok();
+    tokio::time::sleep(Duration::from_secs(2)).await; // past the dimension cache TTL
+    let dry = dlq(&env, &["redrive", "--at", &at, "--dry-run"]).await;
+    assert_eq!(
+        dry.last().unwrap()["redriven"],
+        0,
+        "a dry run sends nothing"
+    );
+    let sent = dlq(&env, &["redrive", "--at", &at]).await;
+    assert_eq!(sent.last().unwrap()["redriven"], 1, "{sent:?}");
+    settle(&env).await;
+    assert_eq!(clicks_today(&env, NEW_AD).await, 1, "re-driven and counted");
+
+    // Re-driving it again (an operator's slip) does not count it twice.
+    dlq(&env, &["redrive", "--reason", "unknown_ad"]).await;
+    settle(&env).await;
+    assert_eq!(clicks_today(&env, NEW_AD).await, 1, "counted once");
+    // The DLQ still holds the record: re-drive moves a copy, nothing is lost.
+    let listed = dlq(&env, &["list", "--summary"]).await;
+    assert_eq!(listed[0]["by_reason"]["unknown_ad"], 1, "{listed:?}");
 }
