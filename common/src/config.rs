@@ -23,9 +23,57 @@ use crate::attribution::Rules;
 use crate::decode::Limits;
 
 /// A string that never prints: URLs with credentials, passwords, API keys.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+///
+/// Deserialises from any scalar, so `ADMETRICS__...=true` or `=5000` (which the
+/// environment provider reads as a bool or a number) gives the string `"true"`/`"5000"`.
+#[derive(Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarString).map(Secret)
+    }
+}
+
+/// Accepts a string, bool or number as its text.
+struct ScalarString;
+
+impl serde::de::Visitor<'_> for ScalarString {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string, number or bool")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+/// A map of librdkafka-style settings whose values may arrive as bools or numbers.
+fn settings_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let m: BTreeMap<String, Secret> = BTreeMap::deserialize(d)?;
+    Ok(m.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
 
 impl Secret {
     /// The secret value, for the one place that needs it.
@@ -111,6 +159,7 @@ pub struct KafkaConfig {
     pub group_instance_id: String,
     /// Extra librdkafka settings passed through verbatim to every client
     /// (`security.protocol`, `sasl.mechanisms`, `ssl.ca.location`, ...).
+    #[serde(deserialize_with = "settings_map")]
     pub client: BTreeMap<String, String>,
 }
 
@@ -508,26 +557,31 @@ impl Config {
     ///
     /// As [`Config::load`].
     pub fn load_with_env(file: Option<&Path>, env_prefix: &str) -> Result<Config, ConfigError> {
+        let secrets = std::env::var_os(Self::SECRETS_FILE_ENV).map(PathBuf::from);
+        Self::load_files(file, secrets.as_deref(), env_prefix)
+    }
+
+    /// [`Config::load_with_env`] with the secrets file given instead of read from
+    /// `ADMETRICS_SECRETS_FILE`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`]; also when `secrets` names a missing file.
+    pub fn load_files(
+        file: Option<&Path>,
+        secrets: Option<&Path>,
+        env_prefix: &str,
+    ) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(f) = file {
+        for (f, what) in [(file, "config file"), (secrets, Self::SECRETS_FILE_ENV)] {
+            let Some(f) = f else { continue };
             if !f.exists() {
                 return Err(ConfigError::Invalid(vec![format!(
-                    "config file {} does not exist",
+                    "{what} {} does not exist",
                     f.display()
                 )]));
             }
             fig = fig.merge(Toml::file(f));
-        }
-        if let Some(secrets) = std::env::var_os(Self::SECRETS_FILE_ENV) {
-            let secrets = PathBuf::from(secrets);
-            if !secrets.exists() {
-                return Err(ConfigError::Invalid(vec![format!(
-                    "{} names {}, which does not exist",
-                    Self::SECRETS_FILE_ENV,
-                    secrets.display()
-                )]));
-            }
-            fig = fig.merge(Toml::file(secrets));
         }
         fig = fig.merge(Env::prefixed(env_prefix).split("__"));
         let mut cfg: Config = fig.extract().map_err(Box::new)?;

@@ -167,3 +167,59 @@ pub fn header_str<'h, H: Headers>(headers: &'h H, key: &str) -> Option<&'h str> 
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
 }
+
+#[cfg(test)]
+mod passthrough_tests {
+    use rdkafka::producer::BaseProducer;
+
+    use crate::config::Config;
+
+    /// An operator's secured-cluster settings: TLS and SASL in the config file, the
+    /// SASL credentials in the secrets file (a Kubernetes Secret).
+    fn load(client: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "admetrics-kafka-conf-{}-{}",
+            std::process::id(),
+            client.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("admetrics.toml");
+        std::fs::write(
+            &config,
+            format!("[kafka]\nbrokers = \"127.0.0.1:1\"\n[kafka.client]\n{client}"),
+        )
+        .unwrap();
+        let secrets = dir.join("secrets.toml");
+        std::fs::write(
+            &secrets,
+            "[kafka.client]\n\"sasl.username\" = \"svc-admetrics\"\n\"sasl.password\" = \"s3cret\"\n",
+        )
+        .unwrap();
+        Config::load_files(Some(&config), Some(&secrets), "ADMETRICS_UNSET_IN_TESTS__").unwrap()
+    }
+
+    #[test]
+    fn tls_and_sasl_settings_from_config_and_secrets_reach_librdkafka() {
+        let cfg = load(
+            "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"ssl.ca.location\" = \"probe\"\n\"ssl.endpoint.identification.algorithm\" = \"https\"\n",
+        );
+        assert_eq!(cfg.kafka.client["sasl.password"], "s3cret");
+        assert_eq!(cfg.kafka.client["security.protocol"], "SASL_SSL");
+        let c = super::producer_config(&cfg.kafka);
+        assert_eq!(c.get("sasl.username"), Some("svc-admetrics"));
+        // librdkafka checks every setting when the client is created: this fails on a
+        // build without TLS or SASL support.
+        c.create::<BaseProducer>()
+            .expect("librdkafka accepts SASL_SSL with SCRAM (built with TLS and SASL)");
+    }
+
+    #[test]
+    fn a_misspelled_librdkafka_setting_is_refused() {
+        let cfg = load("\"security.protocoll\" = \"SSL\"\n");
+        let err = super::producer_config(&cfg.kafka)
+            .create::<BaseProducer>()
+            .map(|_| ())
+            .expect_err("unknown setting");
+        assert!(err.to_string().contains("security.protocoll"), "{err}");
+    }
+}

@@ -12,6 +12,15 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver \
     >"$LOGS/apt-chromium.log" 2>&1 || die "apt-get install chromium chromium-driver failed (see $LOGS/apt-chromium.log)"
 fi
+# The S3 archive test runs moto's S3-compatible server (PyPI, pinned) from a venv.
+MOTO_VENV=${ADMETRICS_MOTO_VENV:-$HOME/.cache/admetrics-moto}
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  log "installing moto[server] 5.2.5 into $MOTO_VENV (S3-compatible server for the archive test)"
+  python3 -m venv "$MOTO_VENV" || die "python3 -m venv $MOTO_VENV failed"
+  "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.2.5" \
+    >"$LOGS/pip-moto.log" 2>&1 || die "pip install moto[server] failed (see $LOGS/pip-moto.log)"
+fi
+export ADMETRICS_MOTO_SERVER=$MOTO_VENV/bin/moto_server
 # Each test works in a namespace of its own (databases admetrics_t<id>, topics
 # t<id>-*); drop the databases earlier runs left so they do not pile up.
 log "dropping the databases of earlier test runs"

@@ -16,6 +16,10 @@ command -v mariadb >/dev/null || missing+=(mariadb-client)
 command -v clickhouse-server >/dev/null || [ -x /usr/sbin/clickhouse-server ] || missing+=(clickhouse-server)
 command -v clickhouse-client >/dev/null || missing+=(clickhouse-client)
 command -v curl >/dev/null || missing+=(curl)
+command -v redis-cli >/dev/null || missing+=(redis-tools)  # also creates the test's Redis Cluster
+# Building: librdkafka with TLS/SASL links the system OpenSSL.
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} (apt)"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -368,3 +368,112 @@ async fn three_workers_give_the_same_rows_as_one() {
         );
     }
 }
+
+/// moto's S3-compatible server on a free port (deploy/local/test.sh installs it and
+/// sets `ADMETRICS_MOTO_SERVER`), killed on drop.
+struct S3Server {
+    endpoint: String,
+    _child: tokio::process::Child,
+}
+
+impl S3Server {
+    async fn start(bucket: &str) -> S3Server {
+        let bin = std::env::var("ADMETRICS_MOTO_SERVER").unwrap_or_else(|_| {
+            panic!("ADMETRICS_MOTO_SERVER is not set: run the tests with deploy/local/test.sh, which installs moto[server]")
+        });
+        let port = admetrics_tests::free_port();
+        let child = tokio::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let url = format!("{endpoint}/{bucket}");
+        wait_until(Duration::from_secs(30), "the S3 server", || async {
+            reqwest::Client::new()
+                .put(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        S3Server {
+            endpoint,
+            _child: child,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_works_on_an_s3_compatible_store() {
+    let mut env = TestEnv::new(4).await;
+    let s3 = S3Server::start("archive").await;
+    env.cfg.batch.archive_url = "s3://archive/admetrics".into();
+    env.cfg.batch.archive_max_age = Duration::from_millis(500);
+    for (k, v) in [
+        ("aws_endpoint", s3.endpoint.as_str()),
+        ("aws_allow_http", "true"),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+    ] {
+        env.cfg.batch.archive_options.insert(k.to_owned(), v.into());
+    }
+    let r = env.replay(10_000).await;
+    env.start_archiver();
+    let store = batch_layer::archive::store::open(&env.cfg.batch).expect("S3 archive opens");
+    let rows_in_s3 = || async {
+        use futures::TryStreamExt as _;
+        use object_store::ObjectStoreExt as _;
+        let objects: Vec<_> = store
+            .store
+            .list(None)
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        let mut rows = 0;
+        for o in objects
+            .iter()
+            .filter(|o| o.location.as_ref().ends_with(".parquet"))
+        {
+            let bytes = store
+                .store
+                .get(&o.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            rows += batch_layer::recompute::input::row_count(o.location.as_ref(), bytes).unwrap();
+        }
+        rows
+    };
+    let want = r.events.len() as i64;
+    wait_until(Duration::from_secs(120), "every event in S3", || async {
+        rows_in_s3().await >= want
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rows_in_s3().await, want, "every event archived once");
+
+    let (first, last) = days_of(&r.events);
+    let out = env.recompute(first, last).await;
+    assert!(out.contains("0 failed"), "{out}");
+    let expected = reference::per_day(&reference::compute(&r.events));
+    for d in first.iter_days().take_while(|d| *d <= last) {
+        assert_eq!(run_row(&env, d).await.unwrap().0, "final", "{d}");
+        let rows = db_rows(&env, d).await;
+        let clicks: i64 = rows
+            .values()
+            .map(|(_, _, c)| c[Measure::Clicks as usize])
+            .sum();
+        let want: i64 = expected
+            .iter()
+            .filter(|((_, day), _)| date_of(i32::try_from(*day).unwrap()) == d)
+            .map(|(_, e)| e.clicks)
+            .sum();
+        assert_eq!(clicks, want, "{d}: clicks recomputed from S3");
+    }
+}
