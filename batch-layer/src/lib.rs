@@ -18,6 +18,9 @@
 //!   [`archiver`]).
 //! - A day's results are replaced atomically with its `batch_runs` record; a failed run
 //!   changes neither (see [`runs`]).
+//! - A day split across N workers (`--shard i/N`, by Kafka partition = hash of the
+//!   user) turns final only when its last part is written, with the same rows as one
+//!   worker (see [`recompute::output`]).
 //! - Late events land in their own event date; the next scheduled run notices that a
 //!   final day's input changed and recomputes it as `revised` (see [`schedule`]).
 //!

@@ -19,7 +19,10 @@
 //! - [`counters`]: the additive metrics and derived ratios.
 //! - [`day`]: advertiser-local days.
 //! - [`config`]: TOML + environment configuration.
-//! - [`redis_keys`]: where the speed layer's results and state live in Redis.
+//! - [`redis_keys`]: where the speed layer's results and state live in Redis (one hash
+//!   tag per Kafka partition).
+//! - [`redis_conn`]: one Redis or a Redis Cluster behind one connection type; why a
+//!   window flush stays atomic on a cluster; reads pipelined per slot.
 //! - [`db`], [`dims`]: MySQL schema and the dimension tables.
 //! - [`dataset`]: the TalkingData sample and its mapping onto events.
 //! - [`telemetry`]: metric names, logging, Prometheus.

@@ -109,8 +109,8 @@ impl ConnectionLike for RedisConn {
 pub enum BlockingRedis {
     /// One server.
     Single(redis::Connection),
-    /// A cluster.
-    Cluster(redis::cluster::ClusterConnection),
+    /// A cluster (boxed: it is much larger than a single connection).
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl BlockingRedis {

@@ -169,7 +169,9 @@ pub async fn redrive(
     dry_run: bool,
 ) -> anyhow::Result<Vec<DlqEntry>> {
     let inputs = [cfg.traffic_topic.as_str(), cfg.effects_topic.as_str()];
-    let mut todo: Vec<(DlqEntry, String, Option<Vec<u8>>, Vec<u8>)> = Vec::new();
+    // (record, source topic, key, payload)
+    type Redrive = (DlqEntry, String, Option<Vec<u8>>, Vec<u8>);
+    let mut todo: Vec<Redrive> = Vec::new();
     scan(cfg, sel, |m, e| {
         let topic = m
             .headers()

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use admetrics_tests::redis_cluster::RedisCluster;
-use admetrics_tests::{TestEnv, check, free_port, get_json, wait_until};
-use rand::Rng;
+use admetrics_tests::{TestEnv, check, free_port, get_json};
 
 const ROWS: usize = 30_000;
 const SPEED: u32 = 3000;
@@ -53,29 +52,12 @@ async fn sigkilled_speed_layer_on_redis_cluster_matches_single_redis() {
             format!("127.0.0.1:{}", free_port()),
         ),
     ];
-    let loaded = |env: &TestEnv| env.log_count("speed-cluster", "partition state loaded");
-    let mut rng = rand::rng();
-    for _ in 0..3 {
-        let before = loaded(&env);
-        env.spawn_with_env("speed-cluster", "speed-layer", &["run"], &on_cluster);
-        wait_until(
-            Duration::from_secs(60),
-            "the partitions to be taken",
-            || {
-                let now = loaded(&env);
-                async move { now > before }
-            },
-        )
+    env.run_speed_with_kills("speed-cluster", &on_cluster, 3)
         .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..3_000))).await;
-        env.kill("speed-cluster").await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
-    }
     assert!(
         env.running("replay"),
         "the kills happened during the replay"
     );
-    env.spawn_with_env("speed-cluster", "speed-layer", &["run"], &on_cluster);
     env.wait_replay_done(Duration::from_secs(180)).await;
 
     let mut cluster_cfg = env.cfg.clone();

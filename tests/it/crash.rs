@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use admetrics_tests::{TestEnv, check, free_port, wait_until};
+use admetrics_tests::{TestEnv, check, free_port};
 use rand::Rng;
 
 const ROWS: usize = 30_000;
@@ -35,27 +35,8 @@ async fn settle_and_check(
 async fn sigkill_five_times_during_a_replay_loses_and_doubles_nothing() {
     let mut env = TestEnv::new(4).await;
     let events = env.spawn_paced_replay(ROWS, SPEED);
-    let loaded = |env: &TestEnv| env.log_count("speed", "partition state loaded");
-    let mut before = loaded(&env);
-    env.spawn("speed", "speed-layer", &["run"]);
-    let mut rng = rand::rng();
-    for _ in 0..5 {
-        // Kill while it processes: after it took its partitions, at a random moment.
-        wait_until(
-            Duration::from_secs(60),
-            "the partitions to be taken",
-            || {
-                let now = loaded(&env);
-                async move { now > before }
-            },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..3_000))).await;
-        env.kill("speed").await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
-        before = loaded(&env);
-        env.spawn("speed", "speed-layer", &["run"]);
-    }
+    // Kill while it processes: after it took its partitions, at a random moment.
+    env.run_speed_with_kills("speed", &[], 5).await;
     assert!(
         env.running("replay"),
         "the kills happened during the replay (slow the replay down if this fails)"
@@ -76,15 +57,6 @@ fn instance(name: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Waits until the named instance has taken partitions more often than `before`.
-async fn wait_loaded(env: &TestEnv, name: &str, before: usize) {
-    wait_until(Duration::from_secs(60), "partitions to be taken", || {
-        let now = env.log_count(name, "partition state loaded");
-        async move { now > before }
-    })
-    .await;
-}
-
 // Failing over to the survivor without a restart needs the broker to expire the dead
 // member's session; tansu 0.6.0 keeps a dead member's partitions assigned to it (see
 // README, "Known limits"), so the killed instance is restarted here, as Kubernetes
@@ -95,18 +67,18 @@ async fn two_instances_share_partitions_through_a_join_and_a_kill() {
     let events = env.spawn_paced_replay(ROWS, SPEED);
     let mut rng = rand::rng();
     env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
-    wait_loaded(&env, "speed-a", 0).await;
+    env.wait_partitions_taken("speed-a", 0).await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
     // b joins: the group rebalances and half of a's partitions move, state included.
     env.spawn_with_env("speed-b", "speed-layer", &["run"], &instance("speed-b"));
-    wait_loaded(&env, "speed-b", 0).await;
+    env.wait_partitions_taken("speed-b", 0).await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
     assert!(env.running("replay"), "the kill happens during the replay");
     let before = env.log_count("speed-a", "partition state loaded");
     env.kill("speed-a").await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
     env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
-    wait_loaded(&env, "speed-a", before).await;
+    env.wait_partitions_taken("speed-a", before).await;
     env.wait_replay_done(Duration::from_secs(180)).await;
     settle_and_check(&mut env, &events, &["speed-a", "speed-b", "replay"]).await;
     assert!(

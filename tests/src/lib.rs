@@ -403,6 +403,43 @@ pub struct Replayed {
 }
 
 impl TestEnv {
+    /// Waits until speed-layer child `name` has taken partitions more often than
+    /// `before` times (its log's "partition state loaded" lines).
+    pub async fn wait_partitions_taken(&self, name: &str, before: usize) {
+        wait_until(
+            Duration::from_secs(60),
+            "the partitions to be taken",
+            || {
+                let now = self.log_count(name, "partition state loaded");
+                async move { now > before }
+            },
+        )
+        .await;
+    }
+
+    /// Runs speed-layer child `name` (with `extra` environment) and `kills` times:
+    /// once it has taken its partitions, SIGKILLs it at a random moment 0.3-3 s later
+    /// and starts it again 0-1 s after. Returns with the instance running.
+    pub async fn run_speed_with_kills(
+        &mut self,
+        name: &str,
+        extra: &[(&str, String)],
+        kills: usize,
+    ) {
+        let mut rng = rand::rng();
+        for _ in 0..kills {
+            let before = self.log_count(name, "partition state loaded");
+            self.spawn_with_env(name, "speed-layer", &["run"], extra);
+            self.wait_partitions_taken(name, before).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(300..3_000))).await;
+            self.kill(name).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
+        }
+        self.spawn_with_env(name, "speed-layer", &["run"], extra);
+    }
+}
+
+impl TestEnv {
     /// Replays the first `rows` rows of the data set into this test's topics and MySQL.
     pub async fn replay(&self, rows: usize) -> Replayed {
         let data = dataset_path();
