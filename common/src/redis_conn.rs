@@ -125,9 +125,9 @@ impl BlockingRedis {
             c.set_read_timeout(Some(TIMEOUT))?;
             Ok(BlockingRedis::Single(c))
         } else {
-            Ok(BlockingRedis::Cluster(
+            Ok(BlockingRedis::Cluster(Box::new(
                 cluster_client(cfg)?.get_connection()?,
-            ))
+            )))
         }
     }
 }
