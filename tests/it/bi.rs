@@ -621,3 +621,89 @@ async fn two_clickhouse_shards_hold_every_event_once_with_the_same_rollups_as_on
         );
     }
 }
+
+/// Lines (rows) of every file in `dir`.
+fn rows_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .map(|f| {
+                std::fs::read_to_string(f.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+            })
+            .sum()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_is_down_spills_only_its_own_rows_and_replay_spill_loads_them() {
+    let mut env = TestEnv::new(2).await;
+    let mut shards = ClickHouseShards::start(&env.state_dir.join("ch-shards"), 2);
+    let c = &mut env.cfg.clickhouse;
+    c.shards = shards.urls.clone();
+    c.cluster = CLUSTER.into();
+    c.batch_interval = Duration::from_millis(500);
+    c.max_attempts = 2;
+    c.retry_min_delay = Duration::from_millis(100);
+    c.retry_max_delay = Duration::from_millis(200);
+    env.spawn("speed", "speed-layer", &["run"]);
+    env.wait_partitions_taken("speed", 0).await; // schema created on both shards
+    shards.kill_server(1);
+    let events = env.replay(4_000).await.events;
+    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(120)).await {
+        panic!("{e}\n{}", env.log("speed"));
+    }
+    let of_shard = |i: usize| {
+        events
+            .iter()
+            .filter(|e| speed_layer::clickhouse_sink::shard_of(&e.event_id, 2) == i)
+            .count()
+    };
+    let (want0, want1) = (of_shard(0), of_shard(1));
+    assert!(want0 > 0 && want1 > 0, "both shards get rows");
+    let state_dir = env.state_dir.clone();
+    let spill = |i: usize| state_dir.join(format!("clickhouse/shard-{i}/spill"));
+    let (db, url0) = (env.cfg.clickhouse.database.clone(), shards.urls[0].clone());
+    wait_until(
+        Duration::from_secs(90),
+        "shard 0 written and shard 1 spilled",
+        || {
+            let (spilled, db, url0) = (rows_in(&spill(1)), db.clone(), url0.clone());
+            async move {
+                let rows = ch_at(&url0, &db, "SELECT count() AS c FROM events").await;
+                spilled == want1 && n(&rows[0]["c"]) as usize == want0
+            }
+        },
+    )
+    .await;
+    assert_eq!(files_in(&spill(0)), 0, "the healthy shard spilled nothing");
+
+    env.terminate("speed", Duration::from_secs(30)).await;
+    shards.start_server(1);
+    let out = env
+        .run("speed-layer", &["replay-spill"])
+        .await
+        .expect("replay-spill");
+    assert_eq!(
+        files_in(&spill(1)),
+        0,
+        "spilled files loaded and deleted: {out}"
+    );
+    let all = ch_at(
+        &url0,
+        &db,
+        "SELECT count() AS c, uniqExact(event_id) AS u FROM events_all FINAL",
+    )
+    .await;
+    assert_eq!(
+        n(&all[0]["u"]) as usize,
+        events.len(),
+        "every event on the shards"
+    );
+    assert_eq!(
+        n(&all[0]["c"]) as usize,
+        events.len(),
+        "exactly one row per event"
+    );
+}

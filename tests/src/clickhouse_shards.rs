@@ -1,7 +1,7 @@
 //! Throwaway local ClickHouse servers acting as the shards of one cluster (each
 //! server's `<remote_servers>` names all of them), stopped when dropped.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,13 +12,14 @@ pub const CLUSTER: &str = "admetrics_it";
 pub struct ClickHouseShards {
     /// HTTP URL of every shard, in cluster order (config `clickhouse.shards`).
     pub urls: Vec<String>,
-    servers: Vec<Child>,
+    configs: Vec<PathBuf>,
+    servers: Vec<Option<Child>>,
 }
 
 impl ClickHouseShards {
     /// Starts `shards` servers under `dir`; panics (naming the package) when
     /// `clickhouse-server` is missing or a server does not answer within 60 s.
-    pub fn start(dir: &Path, shards: usize) -> ClickHouseShards {
+    pub fn start(dir: &std::path::Path, shards: usize) -> ClickHouseShards {
         let ports: Vec<(u16, u16)> = (0..shards)
             .map(|_| (crate::free_port(), crate::free_port()))
             .collect();
@@ -30,10 +31,10 @@ impl ClickHouseShards {
                 )
             })
             .collect();
-        let mut servers = Vec::new();
+        let mut configs = Vec::new();
         for (i, (http, tcp)) in ports.iter().enumerate() {
             let d_path = dir.join(format!("shard-{i}"));
-            std::fs::create_dir_all(&d_path).expect("shard dir");
+            std::fs::create_dir_all(d_path.join("logs")).expect("shard dir");
             let d = d_path.to_str().expect("utf-8 dir");
             // The local stack's server configuration, plus the cluster definition.
             let config = include_str!("../../deploy/local/clickhouse.xml")
@@ -42,52 +43,67 @@ impl ClickHouseShards {
                 .replace("@TCP_PORT@", &tcp.to_string())
                 .replace(
                     "</yandex>",
-                    &format!("  <remote_servers><{CLUSTER}>{remote}</{CLUSTER}></remote_servers>\n</yandex>"),
+                    &format!(
+                        "  <remote_servers><{CLUSTER}>{remote}</{CLUSTER}></remote_servers>\n</yandex>"
+                    ),
                 );
-            std::fs::create_dir_all(d_path.join("logs")).expect("shard logs");
-            let file = format!("{d}/config.xml");
+            let file = d_path.join("config.xml");
             std::fs::write(&file, config).expect("shard config");
-            let child = Command::new("clickhouse-server")
-                .arg(format!("--config-file={file}"))
-                .current_dir(d)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "clickhouse-server cannot start ({e}): install Debian's clickhouse-server"
-                    )
-                });
-            servers.push(child);
+            configs.push(file);
         }
-        let shards = ClickHouseShards {
+        let mut shards = ClickHouseShards {
             urls: ports
                 .iter()
                 .map(|(http, _)| format!("http://127.0.0.1:{http}"))
                 .collect(),
-            servers,
+            servers: configs.iter().map(|_| None).collect(),
+            configs,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for (http, _) in &ports {
-            while std::net::TcpStream::connect(("127.0.0.1", *http)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "ClickHouse shard on port {http} did not start (log in {})",
-                    dir.display()
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
+        for i in 0..shards.urls.len() {
+            shards.start_server(i);
         }
         shards
+    }
+
+    /// Starts (again) the server of shard `i` and waits until it listens.
+    pub fn start_server(&mut self, i: usize) {
+        let file = &self.configs[i];
+        let child = Command::new("clickhouse-server")
+            .arg(format!("--config-file={}", file.display()))
+            .current_dir(file.parent().expect("shard dir"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("clickhouse-server cannot start ({e}): install Debian's clickhouse-server")
+            });
+        self.servers[i] = Some(child);
+        let addr = self.urls[i].trim_start_matches("http://").to_owned();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ClickHouse shard {i} did not start (logs next to {})",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills the server of shard `i` (SIGKILL) and waits for it to exit.
+    pub fn kill_server(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
     }
 }
 
 impl Drop for ClickHouseShards {
     fn drop(&mut self) {
-        for s in &mut self.servers {
-            s.kill().ok();
-            s.wait().ok();
+        for i in 0..self.servers.len() {
+            self.kill_server(i);
         }
     }
 }
