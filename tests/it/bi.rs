@@ -470,6 +470,19 @@ async fn clickhouse_down_past_the_retries_spills_and_replay_spill_loads_every_ev
     assert_eq!(n(&rows[0]["c"]) as usize, events.len(), "exactly once");
 }
 
+/// `table FINAL` on the server at `url` holds exactly one row for each of `events`
+/// events (distinct `event_id`s and rows both equal it).
+async fn assert_each_event_once(url: &str, db: &str, table: &str, events: usize) {
+    let sql = format!("SELECT count() AS c, uniqExact(event_id) AS u FROM {table} FINAL");
+    let all = ch_at(url, db, &sql).await;
+    assert_eq!(n(&all[0]["u"]) as usize, events, "every event in {table}");
+    assert_eq!(
+        n(&all[0]["c"]) as usize,
+        events,
+        "exactly one row per event in {table}"
+    );
+}
+
 /// Per (day, advertiser, ad): every rollup measure summed, and the merged uniq UV.
 async fn rollups(url: &str, db: &str, suffix: &str) -> BTreeMap<String, (Vec<i64>, f64)> {
     let names: Vec<&str> = common::counters::Measure::ALL
@@ -572,22 +585,7 @@ async fn two_clickhouse_shards_hold_every_event_once_with_the_same_rollups_as_on
     .await;
 
     // Exactly one row per event, through the Distributed table with FINAL.
-    let all = ch_at(
-        &shard0,
-        &db,
-        "SELECT count() AS c, uniqExact(event_id) AS u FROM events_all FINAL",
-    )
-    .await;
-    assert_eq!(
-        n(&all[0]["u"]) as usize,
-        events.len(),
-        "every event on the shards"
-    );
-    assert_eq!(
-        n(&all[0]["c"]) as usize,
-        events.len(),
-        "exactly one row per event"
-    );
+    assert_each_event_once(&shard0, &db, "events_all", events.len()).await;
     // Each shard holds the events whose sipHash64(event_id) % 2 is its number, which is
     // also the Distributed table's sharding key.
     for (i, url) in shards.urls.iter().enumerate() {
@@ -690,20 +688,5 @@ async fn a_shard_that_is_down_spills_only_its_own_rows_and_replay_spill_loads_th
         0,
         "spilled files loaded and deleted: {out}"
     );
-    let all = ch_at(
-        &url0,
-        &db,
-        "SELECT count() AS c, uniqExact(event_id) AS u FROM events_all FINAL",
-    )
-    .await;
-    assert_eq!(
-        n(&all[0]["u"]) as usize,
-        events.len(),
-        "every event on the shards"
-    );
-    assert_eq!(
-        n(&all[0]["c"]) as usize,
-        events.len(),
-        "exactly one row per event"
-    );
+    assert_each_event_once(&url0, &db, "events_all", events.len()).await;
 }
