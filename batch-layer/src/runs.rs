@@ -89,19 +89,6 @@ pub async fn fail(pool: &Pool, day: NaiveDate, error: &str) -> Result<(), mysql_
     .await
 }
 
-/// The run record of `day`, if any.
-///
-/// # Errors
-///
-/// MySQL errors.
-pub async fn get(pool: &Pool, day: NaiveDate) -> Result<Option<RunRow>, mysql_async::Error> {
-    let mut c = pool.get_conn().await?;
-    let row: Option<RunTuple> = c
-        .exec_first(format!("{SELECT_RUNS} WHERE day = ?"), (day,))
-        .await?;
-    Ok(row.map(RunRow::from))
-}
-
 /// Every run record from `from` on, by day.
 ///
 /// # Errors

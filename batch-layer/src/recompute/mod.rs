@@ -205,8 +205,7 @@ async fn compute_and_write(
     let started = Instant::now();
     let dims = Arc::new(common::dims::load_all(pool).await?);
     let span = u64::from(dims.advertisers.values().any(|a| a.tz != chrono_tz::UTC));
-    let mut plan = input::plan(archive, topics, day, span, opts.lookback_days()).await?;
-    plan.groups.retain(|p, _| opts.shard.owns(*p));
+    let plan = shard_plan(archive, topics, day, span, opts.lookback_days(), opts.shard).await?;
     let files = plan.files();
     let (result, archive_rows) = compute_plan(archive, &plan, day, &dims, opts, progress).await?;
     let written = output::write_part(pool, day, opts.shard, &result, &dims, archive_rows).await?;
@@ -321,6 +320,20 @@ fn compute_group(
     Ok((result, file_rows))
 }
 
+/// The input files of `shard`'s part of `day` (its Kafka partitions' groups).
+async fn shard_plan(
+    archive: &Archive,
+    topics: [&str; 2],
+    day: NaiveDate,
+    span: u64,
+    lookback_days: u64,
+    shard: Shard,
+) -> Result<Plan, InputError> {
+    let mut plan = input::plan(archive, topics, day, span, lookback_days).await?;
+    plan.groups.retain(|p, _| shard.owns(*p));
+    Ok(plan)
+}
+
 /// Rows of the input files of `shard`'s part of a day now (footers only), to compare
 /// with what its last success counted.
 ///
@@ -335,9 +348,9 @@ pub async fn current_archive_rows(
     lookback_days: u64,
     shard: Shard,
 ) -> Result<i64, InputError> {
-    let plan = input::plan(archive, topics, day, span, lookback_days).await?;
+    let plan = shard_plan(archive, topics, day, span, lookback_days, shard).await?;
     let mut total = 0;
-    for (_, files) in plan.groups.iter().filter(|(p, _)| shard.owns(**p)) {
+    for files in plan.groups.values() {
         for f in files {
             let bytes = archive.store.get(&f.meta.location).await?.bytes().await?;
             total += input::row_count(f.meta.location.as_ref(), bytes)?;

@@ -100,11 +100,8 @@ pub async fn write_part(
         written.output_rows =
             complete_day(&mut tx, day, finality, input_rows, day_archive_rows).await?;
         written.finality = Some(finality);
-    } else {
-        // The day keeps its previous results until the last part is written.
-        tx.exec_drop("UPDATE batch_runs SET error = NULL WHERE day = ?", (day,))
-            .await?;
     }
+    // Otherwise the day keeps its previous results until the last part is written.
     tx.commit().await?;
     Ok(written)
 }
