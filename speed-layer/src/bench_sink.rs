@@ -67,14 +67,10 @@ pub async fn run(
     write_client_file(&details, &client_file)?;
 
     let ch = &cfg.clickhouse;
-    let admin = clickhouse::Client::default()
-        .with_url(&ch.url)
-        .with_user(&ch.user)
-        .with_password(ch.password.expose());
-    admin
+    clickhouse_sink::server_client(ch)
         .query(&format!(
             "DROP DATABASE IF EXISTS `{}`",
-            ch.database.replace('`', "")
+            clickhouse_sink::ident(&ch.database)
         ))
         .execute()
         .await?;

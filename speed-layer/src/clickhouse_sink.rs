@@ -66,7 +66,6 @@ pub fn shard_of(event_id: &str, shards: usize) -> usize {
 
 /// The `Distributed` tables of a sharded deployment, created on every shard.
 fn distributed_statements(cfg: &ClickHouseConfig) -> Vec<String> {
-    let ident = |s: &str| s.replace('`', "");
     let (cluster, db) = (ident(&cfg.cluster), ident(&cfg.database));
     [
         ("events", ", sipHash64(event_id)"),
@@ -85,12 +84,22 @@ fn distributed_statements(cfg: &ClickHouseConfig) -> Vec<String> {
 /// Builds a client for `cfg` (RowBinary without schema validation: ClickHouse 18.16
 /// does not know `RowBinaryWithNamesAndTypes`).
 pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
+    server_client(cfg)
+        .with_database(&cfg.database)
+        .with_validation(false)
+}
+
+/// A client for `cfg`'s server with no database selected (to create or drop it).
+pub fn server_client(cfg: &ClickHouseConfig) -> clickhouse::Client {
     clickhouse::Client::default()
         .with_url(&cfg.url)
-        .with_database(&cfg.database)
         .with_user(&cfg.user)
         .with_password(cfg.password.expose())
-        .with_validation(false)
+}
+
+/// `name` safe to put between backticks in DDL (config values, not user input).
+pub fn ident(name: &str) -> String {
+    name.replace('`', "")
 }
 
 /// The DDL's statements.
@@ -115,14 +124,10 @@ pub fn schema_statements() -> Vec<String> {
 /// When ClickHouse is unreachable or refuses a statement.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<(), clickhouse::error::Error> {
     for shard in cfg.per_shard() {
-        let admin = clickhouse::Client::default()
-            .with_url(&shard.url)
-            .with_user(&shard.user)
-            .with_password(shard.password.expose());
-        admin
+        server_client(&shard)
             .query(&format!(
                 "CREATE DATABASE IF NOT EXISTS `{}`",
-                shard.database.replace('`', "")
+                ident(&shard.database)
             ))
             .execute()
             .await?;
@@ -221,6 +226,17 @@ impl SinkDirs {
     }
 }
 
+/// Each shard's configuration with its journal and spill directories.
+fn shard_sinks(cfg: &ClickHouseConfig, state_dir: &Path) -> Vec<(ClickHouseConfig, SinkDirs)> {
+    let shards = cfg.per_shard();
+    let n = shards.len();
+    shards
+        .into_iter()
+        .enumerate()
+        .map(|(i, shard)| (shard, SinkDirs::of_shard(state_dir, i, n)))
+        .collect()
+}
+
 /// Starts the sink of every shard ([`start_shard`]); the handle routes each row to its
 /// shard.
 ///
@@ -232,12 +248,10 @@ pub async fn start(
     state_dir: &Path,
     shutdown: &CancellationToken,
 ) -> std::io::Result<(SinkHandle, tokio::task::JoinSet<()>)> {
-    let shards = cfg.per_shard();
     let mut set = tokio::task::JoinSet::new();
     let mut handle = SinkHandle { shards: Vec::new() };
-    for (i, shard) in shards.iter().enumerate() {
-        let dirs = SinkDirs::of_shard(state_dir, i, shards.len());
-        let tx = start_shard(shard.clone(), dirs, shutdown.clone(), &mut set).await?;
+    for (shard, dirs) in shard_sinks(cfg, state_dir) {
+        let tx = start_shard(shard, dirs, shutdown.clone(), &mut set).await?;
         handle.shards.push(tx);
     }
     Ok((handle, set))
@@ -549,11 +563,9 @@ pub async fn replay_spill(
     cfg: &ClickHouseConfig,
     state_dir: &Path,
 ) -> Result<(usize, usize), String> {
-    let shards = cfg.per_shard();
     let (mut n_files, mut n_rows) = (0, 0);
-    for (i, shard) in shards.iter().enumerate() {
-        let dirs = SinkDirs::of_shard(state_dir, i, shards.len());
-        let (f, r) = replay_shard_spill(shard, &dirs.spill).await?;
+    for (shard, dirs) in shard_sinks(cfg, state_dir) {
+        let (f, r) = replay_shard_spill(&shard, &dirs.spill).await?;
         n_files += f;
         n_rows += r;
     }
