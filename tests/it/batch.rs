@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use admetrics_tests::{TestEnv, archive, reference, wait_until};
+use admetrics_tests::{TestEnv, archive, days_of, reference, wait_until};
 use common::counters::Measure;
 use common::day::date_of;
-use common::event::DAY_MS;
 use mysql_async::prelude::Queryable;
 use rand::Rng;
 
@@ -21,11 +20,6 @@ async fn archive_all(env: &mut TestEnv, expected_rows: usize) {
         archive::rows(&dir) >= expected_rows as i64
     })
     .await;
-}
-
-fn days_of(events: &[common::event::Event<'_>]) -> (chrono::NaiveDate, chrono::NaiveDate) {
-    let d = |ts: i64| date_of(i32::try_from(ts.div_euclid(DAY_MS)).unwrap());
-    (d(events.first().unwrap().ts), d(events.last().unwrap().ts))
 }
 
 type DbRow = (i64, i64, i64, Vec<i64>);

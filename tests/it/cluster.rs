@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use admetrics_tests::redis_cluster::RedisCluster;
-use admetrics_tests::{TestEnv, check, free_port, get_json};
+use admetrics_tests::{TestEnv, check, days_of, free_port, get_json};
 
 const ROWS: usize = 30_000;
 const SPEED: u32 = 3000;
@@ -89,11 +89,10 @@ async fn sigkilled_speed_layer_on_redis_cluster_matches_single_redis() {
     // Every advertiser's answers, whole and by ad, are identical on both.
     let advertisers: std::collections::BTreeSet<i64> =
         events.iter().map(|e| e.advertiser_id).collect();
-    let (first, last) = (events.first().unwrap().ts, events.last().unwrap().ts);
-    let day = |ts: i64| common::day::date_of(i32::try_from(ts.div_euclid(86_400_000)).unwrap());
+    let (first, last) = days_of(&events);
     // Advertiser-local days may start a day before or end a day after the UTC ones.
-    let from = day(first).pred_opt().unwrap();
-    let to = day(last).succ_opt().unwrap();
+    let from = first.pred_opt().unwrap();
+    let to = last.succ_opt().unwrap();
     for adv in &advertisers {
         for query in ["", "&group_by=ad", "&group_by=campaign"] {
             let path = format!("/v1/advertisers/{adv}/metrics?from={from}&to={to}{query}");

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use admetrics_tests::{TestEnv, get_json};
+use admetrics_tests::{TestEnv, days_of, get_json};
 use common::day::date_of;
 use common::event::DAY_MS;
 
@@ -50,8 +50,7 @@ async fn a_range_mixes_final_and_provisional_days_with_the_right_flags() {
     let mut env = TestEnv::new(2).await;
     let r = pipeline_with_archive(&mut env, 15_000).await;
     let adv = busiest_advertiser(&r.events);
-    let first = date_of(r.events.first().unwrap().ts.div_euclid(DAY_MS) as i32);
-    let last = date_of(r.events.last().unwrap().ts.div_euclid(DAY_MS) as i32);
+    let (first, last) = days_of(&r.events);
     let key = env.api_key(&["--advertiser", &adv.to_string()]).await;
     let url = format!(
         "{}/v1/advertisers/{adv}/metrics?from={first}&to={last}",
@@ -346,8 +345,7 @@ async fn the_dashboard_labels_provisional_days_in_a_headless_browser() {
     let mut env = TestEnv::new(2).await;
     let r = pipeline_with_archive(&mut env, 8_000).await;
     let adv = busiest_advertiser(&r.events);
-    let first = date_of(r.events.first().unwrap().ts.div_euclid(DAY_MS) as i32);
-    let last = date_of(r.events.last().unwrap().ts.div_euclid(DAY_MS) as i32);
+    let (first, last) = days_of(&r.events);
     let final_to = last.pred_opt().unwrap();
     env.recompute(first, final_to).await;
     let key = env.api_key(&["--advertiser", &adv.to_string()]).await;

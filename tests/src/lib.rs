@@ -508,6 +508,17 @@ impl TestEnv {
     }
 }
 
+/// The UTC dates of the first and the last of `events` (in replay order).
+pub fn days_of(events: &[common::event::Event<'_>]) -> (chrono::NaiveDate, chrono::NaiveDate) {
+    let d = |ts: i64| {
+        common::day::date_of(i32::try_from(ts.div_euclid(common::event::DAY_MS)).expect("a date"))
+    };
+    (
+        d(events.first().expect("events").ts),
+        d(events.last().expect("events").ts),
+    )
+}
+
 /// Polls `check` until it is true; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
