@@ -506,6 +506,35 @@ pub struct ServingConfig {
     /// Per-request timeout. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open waiting for the next request. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest time a day replaced by a new batch run may still be served from the old
+    /// run after the new `batch_runs` row committed: the server polls `batch_runs`
+    /// every half of it and never uses a poll older than it. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub batch_staleness: Duration,
+    /// Longest time an answer may lag the speed layer's last completed flush: the
+    /// server polls the flush sequence numbers every half of it and never uses a poll
+    /// older than it. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub speed_staleness: Duration,
+    /// How long a verified API key is trusted without asking MySQL again: a revoked
+    /// key is refused at most this long after `keys revoke`. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
+    /// How long dimension lookups (an advertiser's time zone, its ads' campaigns) are
+    /// kept. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub dimension_cache_ttl: Duration,
+    /// Key verifications that miss the key cache (unknown keys, wrong secrets) allowed
+    /// per minute per key id and per client address, so guessing secrets costs the
+    /// guesser, not MySQL. Default 60.
+    pub auth_attempts_per_minute: u32,
+    /// Memory bound of the in-process caches (answers, advertiser-days), MiB.
+    /// Default 256.
+    pub cache_mib: u64,
 }
 
 impl Default for ServingConfig {
@@ -516,6 +545,13 @@ impl Default for ServingConfig {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
             request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            batch_staleness: Duration::from_secs(1),
+            speed_staleness: Duration::from_secs(1),
+            key_cache_ttl: Duration::from_secs(5),
+            dimension_cache_ttl: Duration::from_secs(60),
+            auth_attempts_per_minute: 60,
+            cache_mib: 256,
         }
     }
 }
@@ -641,6 +677,18 @@ impl Config {
         }
         if self.serving.rate_limit_per_second == 0 || self.serving.rate_limit_burst == 0 {
             errs.push("serving.rate_limit_per_second and rate_limit_burst must be positive".into());
+        }
+        if self.serving.auth_attempts_per_minute == 0 {
+            errs.push("serving.auth_attempts_per_minute must be positive".into());
+        }
+        for (name, d) in [
+            ("header_read_timeout", self.serving.header_read_timeout),
+            ("batch_staleness", self.serving.batch_staleness),
+            ("speed_staleness", self.serving.speed_staleness),
+        ] {
+            if d.is_zero() {
+                errs.push(format!("serving.{name} must be positive"));
+            }
         }
         if errs.is_empty() {
             Ok(())

@@ -85,14 +85,49 @@ pub fn rfc3339_ms(ts_ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Parses a `YYYY-MM-DD` date.
+/// Parses a `YYYY-MM-DD` date strictly: four-digit year, two-digit month and day
+/// (`2026-1-8` is refused), from [`MIN_DATE`] on.
 ///
 /// # Errors
 ///
-/// A message naming the expected format when `s` is not a valid date.
+/// A message naming the expected format (with the input clipped to 24 characters)
+/// when `s` is not such a date.
 pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map_err(|_| format!("`{s}` is not a date of the form YYYY-MM-DD"))
+    let shown = clip(s, 24);
+    let b = s.as_bytes();
+    let shape_ok = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shape_ok {
+        return Err(format!("`{shown}` is not a date of the form YYYY-MM-DD"));
+    }
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("`{shown}` is not a calendar date (YYYY-MM-DD)"))?;
+    if d < MIN_DATE {
+        return Err(format!(
+            "`{shown}` is before {MIN_DATE}, the first day the stores hold"
+        ));
+    }
+    Ok(d)
+}
+
+/// The first date [`parse_date`] accepts: MySQL's `DATE` range starts here (and the
+/// last, 9999-12-31, is the largest four-digit year).
+pub const MIN_DATE: NaiveDate = match NaiveDate::from_ymd_opt(1000, 1, 1) {
+    Some(d) => d,
+    None => panic!("1000-01-01 is a date"),
+};
+
+/// `s` cut to at most `max` characters (with `…` when cut), for echoing client input
+/// in error messages without echoing unbounded input.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}…", &s[..at]),
+    }
 }
 
 /// Parses an IANA time-zone name (`Europe/Berlin`, `UTC`).
@@ -113,6 +148,37 @@ pub fn year_of(day: DayNum) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_parse_strictly_within_the_stores_range() {
+        assert_eq!(
+            parse_date("2026-01-08"),
+            Ok(NaiveDate::from_ymd_opt(2026, 1, 8).unwrap())
+        );
+        assert_eq!(parse_date("1000-01-01"), Ok(MIN_DATE));
+        assert!(parse_date("9999-12-31").is_ok());
+        for bad in [
+            "2026-1-8",
+            "2026-01-8",
+            "0000-01-01",
+            "0999-12-31",
+            "+2026-01-08",
+            "2026-02-30",
+            "2026-13-01",
+            "20260108",
+            " 2026-01-08",
+            "２０２６-01-08",
+            "",
+        ] {
+            assert!(parse_date(bad).is_err(), "{bad:?} is refused");
+        }
+        let long = "9".repeat(60_000);
+        let msg = parse_date(&long).unwrap_err();
+        assert!(
+            msg.len() < 100,
+            "the message does not echo unbounded input: {msg}"
+        );
+    }
 
     #[test]
     fn utc_fast_path_agrees_with_chrono() {

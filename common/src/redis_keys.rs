@@ -13,7 +13,7 @@
 //! | `am:{am:p3}:m:<advertiser>:<YYYY-MM-DD>` | hash | per-ad counters of that advertiser-day: field `<ad_id>:<measure>` (ad `0` = unattributed effects), plus `_as_of` (ms UTC of the last write) |
 //! | `am:{am:p3}:s:<advertiser>:<YYYY-MM-DD>` | hash | 10-second series: field `<window_start_ms>:<measure>` |
 //! | `am:{am:p3}:u:<YYYY-MM-DD>:<scope>` | HyperLogLog | distinct users; scope `a<ad>`, `c<campaign>` or `v<advertiser>` |
-//! | `am:{am:p3}:off` | hash | next offset to consume: fields `traffic`, `effects` |
+//! | `am:{am:p3}:off` | hash | next offset to consume: fields `traffic`, `effects`; `flush_seq`, the partition's flush sequence number, advanced by every flush in the same atomic script (the serving layer caches by it) |
 //! | `am:{am:p3}:epoch` | string | fencing token, incremented by each new owner of the partition |
 //! | `am:{am:p3}:open` | string | snapshot of windows not yet closed, and the watermarks |
 //! | `am:{am:p3}:clk:<YYYY-MM-DD>` | list | clicks (attribution state), one JSON batch per flush, by click day (UTC) |
@@ -26,6 +26,9 @@
 use chrono::NaiveDate;
 
 use crate::day::{DayNum, date_of};
+
+/// Field of the `off` hash holding the partition's flush sequence number.
+pub const FLUSH_SEQ_FIELD: &str = "flush_seq";
 
 /// Field of the `m:` hashes holding the last write time.
 pub const AS_OF_FIELD: &str = "_as_of";

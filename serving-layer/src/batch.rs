@@ -1,96 +1,99 @@
-//! Reading the batch layer's final results from MySQL (`daily_ad_metrics`, `daily_uv`,
-//! `batch_runs`; schema in `deploy/sql/mysql.sql`).
+//! Reading the batch layer's final results from MySQL (`batch_runs`,
+//! `daily_ad_metrics`, `daily_uv`; schema in `deploy/sql/mysql.sql`).
 //!
-//! The finality of each day and the rows of the final days are read in one read-only
-//! transaction (a consistent snapshot), and the batch layer writes a day's rows and
-//! its `batch_runs` record in one transaction: a day that turns final while it is
-//! being read is seen either wholly before (speed numbers) or wholly after (batch).
+//! Two reads:
+//!
+//! - [`read_catalog`]: which days are final and in which version (the run's
+//!   `finished_at`, ms UTC). `batch_runs` holds one row per day, so this is a small
+//!   table; the read path polls it every `serving.batch_check_interval`.
+//! - [`load_days`]: the rows of some final days of one advertiser, read in one
+//!   read-only transaction together with the days' versions. The batch layer writes a
+//!   day's rows and its `batch_runs` record in one transaction, so the rows returned
+//!   are exactly those of the version returned with them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDate;
 use common::counters::{Counters, Measure, N_MEASURES};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, TxOpts};
 
-/// Finality of a day as `batch_runs` records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finality {
-    /// Batch results are final.
-    Final,
-    /// Final, then recomputed because late data arrived.
-    Revised,
+use crate::merge::{BatchAd, BatchDay, Finality};
+
+/// A final day's version: its finality and the finish time of the run that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DayVersion {
+    /// Final or revised.
+    pub finality: Finality,
+    /// When that run finished, ms UTC (a new run of the day has a later one).
+    pub finished_at: i64,
 }
 
-impl Finality {
-    /// `final` or `revised`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finality::Final => "final",
-            Finality::Revised => "revised",
-        }
+fn finality_of(s: &str) -> Finality {
+    if s == "revised" {
+        Finality::Revised
+    } else {
+        Finality::Final
     }
 }
 
-/// One ad-day of batch results.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchAd {
-    /// The ad's campaign (0 for the unattributed pseudo-ad).
-    pub campaign_id: i64,
-    /// Counters.
-    pub counters: Counters,
-    /// Exact distinct users of the ad that day.
-    pub uv: i64,
-}
+const FINAL_RUNS: &str = "SELECT day, finality, CAST(UNIX_TIMESTAMP(finished_at) * 1000 AS SIGNED) \
+     FROM batch_runs WHERE finality IN ('final', 'revised')";
 
-/// One final day of an advertiser.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchDay {
-    /// Final or revised.
-    pub finality: Finality,
-    /// When the batch run finished, ms UTC.
-    pub computed_at: i64,
-    /// Rows per ad.
-    pub by_ad: BTreeMap<i64, BatchAd>,
-    /// Exact UV per campaign (key 0 = the whole advertiser).
-    pub uv: BTreeMap<i64, i64>,
-}
-
-/// The final days of `advertiser` within `[from, to]`, with their rows.
+/// Every final or revised day with its version.
 ///
 /// # Errors
 ///
 /// MySQL errors.
-pub async fn final_days(
+pub async fn read_catalog(
+    pool: &Pool,
+) -> Result<HashMap<NaiveDate, DayVersion>, mysql_async::Error> {
+    let mut conn = pool.get_conn().await?;
+    let runs: Vec<(NaiveDate, String, Option<i64>)> = conn.query(FINAL_RUNS).await?;
+    Ok(runs
+        .into_iter()
+        .map(|(d, f, at)| {
+            (
+                d,
+                DayVersion {
+                    finality: finality_of(&f),
+                    finished_at: at.unwrap_or(0),
+                },
+            )
+        })
+        .collect())
+}
+
+/// The rows of `advertiser` on those of `days` that are final, each with the version
+/// it was read at. A day of `days` that is not final (any more) is absent.
+///
+/// # Errors
+///
+/// MySQL errors.
+pub async fn load_days(
     pool: &Pool,
     advertiser: i64,
-    from: NaiveDate,
-    to: NaiveDate,
+    days: &[NaiveDate],
 ) -> Result<BTreeMap<NaiveDate, BatchDay>, mysql_async::Error> {
+    let (Some(from), Some(to)) = (days.iter().min().copied(), days.iter().max().copied()) else {
+        return Ok(BTreeMap::new());
+    };
     let mut conn = pool.get_conn().await?;
     let mut opts = TxOpts::default();
     opts.with_consistent_snapshot(true).with_readonly(true);
     let mut tx = conn.start_transaction(opts).await?;
-    let runs: Vec<(NaiveDate, String, i64)> = tx
-        .exec(
-            "SELECT day, finality, CAST(UNIX_TIMESTAMP(finished_at) * 1000 AS SIGNED) FROM batch_runs \
-             WHERE day BETWEEN ? AND ? AND finality IN ('final', 'revised')",
-            (from, to),
-        )
+    let runs: Vec<(NaiveDate, String, Option<i64>)> = tx
+        .exec(format!("{FINAL_RUNS} AND day BETWEEN ? AND ?"), (from, to))
         .await?;
     let mut out: BTreeMap<NaiveDate, BatchDay> = runs
         .into_iter()
+        .filter(|(d, _, _)| days.contains(d))
         .map(|(d, f, at)| {
-            let finality = if f == "revised" {
-                Finality::Revised
-            } else {
-                Finality::Final
-            };
             (
                 d,
                 BatchDay {
-                    finality,
-                    computed_at: at,
+                    finality: finality_of(&f),
+                    computed_at: at.unwrap_or(0),
                     by_ad: BTreeMap::new(),
                     uv: BTreeMap::new(),
                 },
@@ -125,7 +128,10 @@ pub async fn final_days(
         );
     }
     let uvs: Vec<(NaiveDate, i64, i64)> = tx
-        .exec("SELECT day, campaign_id, uv FROM daily_uv WHERE advertiser_id = ? AND day BETWEEN ? AND ?", (advertiser, from, to))
+        .exec(
+            "SELECT day, campaign_id, uv FROM daily_uv WHERE advertiser_id = ? AND day BETWEEN ? AND ?",
+            (advertiser, from, to),
+        )
         .await?;
     for (day, campaign, uv) in uvs {
         if let Some(d) = out.get_mut(&day) {

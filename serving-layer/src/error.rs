@@ -1,8 +1,9 @@
 //! The API's one error shape: `{"error": {"code": "...", "message": "...", "parameter": "..."}}`.
 //!
 //! 400 names the bad parameter; 401 means no valid key; 404 covers both "no such
-//! advertiser" and "not yours" (no leak of existence); 429 carries `Retry-After`;
-//! 5xx hide internals (logged once, here).
+//! advertiser" and "not yours" (no leak of existence), and unknown routes; 405 a
+//! method other than GET; 429 carries `Retry-After`; 5xx hide internals (logged once,
+//! here). Messages never echo more than a few dozen characters of client input.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -10,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// An error answered to the client.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// A parameter is malformed or out of range.
     #[error("{message}")]
@@ -26,6 +27,12 @@ pub enum ApiError {
     /// The resource does not exist for this key.
     #[error("not found")]
     NotFound,
+    /// No route has this path.
+    #[error("no such route; see /openapi.json")]
+    NoRoute,
+    /// The route exists but not for this method.
+    #[error("method not allowed; this API answers GET")]
+    MethodNotAllowed,
     /// Too many requests for this key.
     #[error("rate limit exceeded; retry in {retry_after_s} s")]
     RateLimited {
@@ -82,7 +89,10 @@ impl IntoResponse for ApiError {
                 (StatusCode::BAD_REQUEST, "bad_parameter", Some(*parameter))
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::NotFound | ApiError::NoRoute => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+            }
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
@@ -109,10 +119,14 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if let ApiError::RateLimited { retry_after_s } = self {
-            if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let ApiError::RateLimited { retry_after_s } = self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

@@ -2,25 +2,36 @@
 //! layer's final days with the speed layer's provisional ones.
 //!
 //! ```text
-//!                 ┌─ batch_runs: is day D final? ── yes ─> daily_ad_metrics (MySQL)  source=batch, provisional=false
-//!  GET /v1/... ───┤
-//!                 └─ no ─> Redis hashes of the speed layer (all partitions, pipelined) source=speed, provisional=true
+//!                 ┌─ final day (batch_runs) ──> daily_ad_metrics (MySQL)        source=batch, provisional=false
+//!  GET /v1/... ───┤        cached per (advertiser, day, run version)
+//!                 └─ other day ──> speed layer's Redis hashes (all partitions)   source=speed, provisional=true
+//!                          cached per (advertiser, day) while the flush generation stands
 //! ```
 //!
 //! Tenancy comes from the API key only ([`auth`]): another advertiser's id in the path
 //! answers 404, whatever the parameters say.
 //!
-//! # Layout
+//! # Layout (dependencies point down this list)
 //!
-//! - [`api`]: routes, parameters, the merge and the answer's shape.
-//! - [`auth`]: API keys (hashed in MySQL) and principals.
-//! - [`live`]: today's 10-second series and freshness.
-//! - [`speed`]: Redis reads. [`batch`]: MySQL reads.
+//! - [`server`]: the HTTP/1.1 loop and its timeouts.
+//! - [`routes`]: the router, security headers, the handlers of the static and health
+//!   routes and of `/metrics`; [`live`]: `/realtime` and `/freshness`.
+//! - [`state`]: what handlers share; [`auth`]: API keys, their cache, rate limits;
+//!   [`params`]: strict parameter parsing.
+//! - [`read_path`]: the version-checked caches in front of the stores (its docs give
+//!   the versions, the bounds and the cache keys).
+//! - [`batch`]: MySQL reads; [`speed`]: Redis reads.
+//! - [`merge`]: pure: batch days + speed days -> answer rows and totals.
 //! - [`error`]: the one JSON error shape.
 
-pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod error;
 pub mod live;
+pub mod merge;
+pub mod params;
+pub mod read_path;
+pub mod routes;
+pub mod server;
 pub mod speed;
+pub mod state;

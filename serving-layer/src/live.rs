@@ -7,15 +7,17 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{RawQuery, State};
 use chrono::NaiveDate;
 use common::counters::{Counters, Derived, Measure};
-use common::day::{day_bounds_ms, now_ms, rfc3339_ms, today};
+use common::day::{clip, day_bounds_ms, now_ms, rfc3339_ms, today};
 use mysql_async::prelude::Queryable;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::api::{AppState, Auth, advertiser_of_key};
+use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::params::{AdvertiserSegment, query};
+use crate::state::AppState;
 
 /// Width of one point of the series, ms: the speed layer's tumbling window (the design
 /// brief: 10-second windows).
@@ -23,12 +25,6 @@ pub const WINDOW_MS: i64 = 10_000;
 
 /// Most minutes one `/realtime` request may ask for (a whole day).
 pub const MAX_MINUTES: i64 = 1_440;
-
-/// Query of `/realtime`.
-#[derive(Debug, Deserialize)]
-pub struct RealtimeQuery {
-    minutes: Option<String>,
-}
 
 /// One 10-second window of the series.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -72,10 +68,11 @@ pub struct RealtimeAnswer {
 pub async fn realtime(
     State(s): State<AppState>,
     Auth(key): Auth,
-    Path(id): Path<String>,
-    Query(q): Query<RealtimeQuery>,
+    AdvertiserSegment(id): AdvertiserSegment,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<RealtimeAnswer>, ApiError> {
-    let minutes = match q.minutes.as_deref() {
+    let [minutes] = query(q.as_deref(), ["minutes"])?;
+    let minutes = match minutes.as_deref() {
         None => 60,
         Some(m) => m
             .parse::<i64>()
@@ -84,11 +81,15 @@ pub async fn realtime(
             .ok_or_else(|| {
                 ApiError::bad(
                     "minutes",
-                    format!("`{m}` is not a whole number of minutes from 1 to {MAX_MINUTES}"),
+                    format!(
+                        "`{}` is not a whole number of minutes from 1 to {MAX_MINUTES}",
+                        clip(m, 24)
+                    ),
                 )
             })?,
     };
-    let (id, tz, _) = advertiser_of_key(&s, &key, &id).await?;
+    let adv = s.advertiser_of_key(&key, &id).await?;
+    let (id, tz) = (adv.id, adv.tz);
     let now = now_ms();
     let day = today(now, tz);
     let (day_start, _) = day_bounds_ms(day, tz);
@@ -180,9 +181,10 @@ pub struct FreshnessAnswer {
 pub async fn freshness(
     State(s): State<AppState>,
     Auth(key): Auth,
-    Path(id): Path<String>,
+    AdvertiserSegment(id): AdvertiserSegment,
 ) -> Result<Json<FreshnessAnswer>, ApiError> {
-    let (id, tz, final_through) = advertiser_of_key(&s, &key, &id).await?;
+    let adv = s.advertiser_of_key(&key, &id).await?;
+    let (id, tz, final_through) = (adv.id, adv.tz, adv.final_through);
     let now = now_ms();
     let day = today(now, tz);
     let yesterday = day.pred_opt().unwrap_or(day);

@@ -6,9 +6,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use common::config::Config;
 use common::redis_keys::Keys;
-use serving_layer::api::{AppState, app};
 use serving_layer::auth::{self, Principal};
+use serving_layer::routes::app;
 use serving_layer::speed::SpeedReader;
+use serving_layer::state::AppState;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -108,7 +109,14 @@ async fn serve(cfg: Config, pool: mysql_async::Pool) -> anyhow::Result<()> {
         .await
         .context("connecting to Redis (redis.url / redis.cluster_nodes)")?;
     let speed = SpeedReader::new(conn, Keys::new(&cfg.redis.key_prefix), cfg.kafka.partitions);
-    let state = AppState::new(cfg.serving.clone(), pool, speed, Some(prometheus));
+    let shutdown = common::shutdown::on_signal();
+    let state = AppState::new(
+        cfg.serving.clone(),
+        pool,
+        speed,
+        Some(prometheus),
+        &shutdown,
+    );
     let router = app(state)
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -120,9 +128,5 @@ async fn serve(cfg: Config, pool: mysql_async::Pool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "serving");
-    let shutdown = common::shutdown::on_signal();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
-    Ok(())
+    serving_layer::server::serve(listener, router, cfg.serving.header_read_timeout, shutdown).await
 }

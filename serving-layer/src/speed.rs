@@ -4,23 +4,22 @@
 //! one pipeline per partition's hash slot, concurrently, on a cluster
 //! ([`common::redis_conn::query_by_partition`]). UV is the sum of the per-partition
 //! HyperLogLog counts, exact in expectation because a user lives in one partition only.
+//!
+//! [`SpeedReader::flush_generation`] reads, per partition, the flush sequence number
+//! that the speed layer's flush script advances in the same atomic script as the
+//! results (`flush_seq` in the `off` hash): while it stands still, no result of that
+//! partition has changed. The read path ([`crate::read_path`]) caches by it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash as _, Hasher as _};
 
 use chrono::NaiveDate;
 use common::counters::{Counters, Measure};
 use common::redis_conn::{RedisConn, query_by_partition};
-use common::redis_keys::{AS_OF_FIELD, Keys, UvScope, parse_field};
+use common::redis_keys::{AS_OF_FIELD, FLUSH_SEQ_FIELD, Keys, UvScope, parse_field};
 use redis::Cmd;
 
-/// One advertiser-day from Redis.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpeedDay {
-    /// Counters per ad (ad 0 = unattributed effects).
-    pub by_ad: BTreeMap<i64, Counters>,
-    /// Last write time, ms UTC (`None`: nothing written for this day).
-    pub as_of: Option<i64>,
-}
+use crate::merge::SpeedDay;
 
 /// Reads provisional results.
 #[derive(Clone)]
@@ -53,7 +52,25 @@ impl SpeedReader {
             .map(|_| ())
     }
 
-    /// The counters of `advertiser` on each of `days`.
+    /// One number that changes whenever any partition completes a flush: a hash of
+    /// every partition's flush sequence number, read in one round trip (one pipeline
+    /// per partition slot on a cluster).
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn flush_generation(&self) -> redis::RedisResult<u64> {
+        let seqs: Vec<Option<i64>> = self
+            .per_partition(&[()], |p, ()| {
+                Cmd::hget(self.keys.offsets(p), FLUSH_SEQ_FIELD)
+            })
+            .await?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        seqs.hash(&mut h);
+        Ok(h.finish())
+    }
+
+    /// The counters of `advertiser` on each of `days` (UV left empty: [`Self::uv`]).
     ///
     /// # Errors
     ///
@@ -75,10 +92,10 @@ impl SpeedReader {
             for (f, v) in h {
                 if f == AS_OF_FIELD {
                     day.as_of = Some(day.as_of.map_or(v, |a: i64| a.max(v)));
-                } else if let Some((ad, m)) = parse_field(&f) {
-                    if let Some(m) = Measure::parse(m) {
-                        day.by_ad.entry(ad).or_default()[m] += v;
-                    }
+                } else if let Some((ad, m)) = parse_field(&f)
+                    && let Some(m) = Measure::parse(m)
+                {
+                    day.by_ad.entry(ad).or_default()[m] += v;
                 }
             }
         }
@@ -128,10 +145,10 @@ impl SpeedReader {
             .await?;
         let mut out: BTreeMap<i64, Counters> = BTreeMap::new();
         for (f, v) in hashes.into_iter().flatten() {
-            if let Some((start, m)) = parse_field(&f) {
-                if let Some(m) = Measure::parse(m) {
-                    out.entry(start).or_default()[m] += v;
-                }
+            if let Some((start, m)) = parse_field(&f)
+                && let Some(m) = Measure::parse(m)
+            {
+                out.entry(start).or_default()[m] += v;
             }
         }
         Ok(out)

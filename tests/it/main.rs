@@ -9,4 +9,5 @@ mod crash;
 mod dlq;
 mod e2e;
 mod manifests;
+mod read_path;
 mod serving;

@@ -232,14 +232,33 @@ async fn a_key_sees_only_its_advertiser_and_bad_keys_get_401() {
     let (s, me) = get_json(&format!("{base}/v1/me"), Some(&ka)).await;
     assert_eq!((s, me["advertiser_id"].as_i64()), (200, Some(a)));
 
-    // A revoked key stops working at once.
+    // A revoked key stops working within the key cache's bound.
     let key_id = ka.split('_').nth(1).unwrap().to_owned();
     env.run("serving-layer", &["keys", "revoke", &key_id])
         .await
         .expect("revoke");
-    let (s, body) = get_json(&endpoints(&base, a)[0], Some(&ka)).await;
-    assert_eq!(s, 401, "{body}");
+    let revoked = std::time::Instant::now();
+    let bound = env.cfg.serving.key_cache_ttl;
+    let body = loop {
+        let (s, body) = get_json(&endpoints(&base, a)[0], Some(&ka)).await;
+        if s == 401 {
+            break body;
+        }
+        assert_eq!(s, 200, "{body}");
+        assert!(
+            revoked.elapsed() < bound + Duration::from_millis(500),
+            "the revoked key still works {:?} after `keys revoke` (bound {bound:?})",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "revoked key refused {:?} after `keys revoke`",
+        revoked.elapsed()
+    );
     assert_eq!(body["error"]["code"], "unauthorized");
+    // Refused from then on.
+    assert_eq!(get_json(&endpoints(&base, a)[1], Some(&ka)).await.0, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,4 +458,207 @@ async fn the_dashboard_labels_provisional_days_in_a_headless_browser() {
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
     eprintln!("dashboard screenshot: {}", shot.display());
     browser.quit().await;
+}
+
+/// A raw HTTP/1.1 exchange: the status line and headers and body of the answer.
+async fn raw(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_of_an_attacker_get_json_errors_and_bounded_connections() {
+    let mut env = TestEnv::new(1).await;
+    env.cfg.serving.header_read_timeout = Duration::from_secs(2);
+    env.cfg.serving.auth_attempts_per_minute = 20;
+    let r = env.replay(300).await;
+    let a = r.events[0].advertiser_id;
+    env.start_server().await;
+    let key = env.api_key(&["--advertiser", &a.to_string()]).await;
+    let base = env.api_base();
+    let m = format!("{base}/v1/advertisers/{a}/metrics");
+    let client = reqwest::Client::new();
+    let get = |url: String, auth: Vec<String>| {
+        let mut req = client.get(url);
+        for v in auth {
+            req = req.header("authorization", v);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+            (status, headers, body)
+        }
+    };
+    let bearer = vec![format!("Bearer {key}")];
+
+    // Dates: year 0000 (used to panic inside the MySQL driver), loose forms, and a
+    // 60 KB value that must not be echoed back.
+    let huge = "9".repeat(60_000);
+    for (q, param) in [
+        ("from=0000-01-01&to=2026-11-02", "from"),
+        ("from=2026-11-01&to=0999-12-31", "to"),
+        ("from=2026-1-8&to=2026-11-02", "from"),
+        (
+            "from=2026-11-01&to=2026-11-02&group_by=ad&group_by=day",
+            "group_by",
+        ),
+        (&format!("from={huge}&to=2026-11-02") as &str, "from"),
+    ] {
+        let (s, h, body) = get(format!("{m}?{q}"), bearer.clone()).await;
+        let shown = &q[..q.len().min(60)];
+        assert_eq!(s, 400, "{shown}: {body}");
+        assert_eq!(body["error"]["code"], "bad_parameter", "{shown}");
+        assert_eq!(body["error"]["parameter"], param, "{shown}: {body}");
+        assert!(
+            body.to_string().len() < 300,
+            "{shown}: the error echoes no unbounded input"
+        );
+        assert_eq!(h["content-type"], "application/json", "{shown}");
+    }
+    // The framework's own rejections have the same JSON shape.
+    let (s, _, body) = get(format!("{base}/no/such/route"), vec![]).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let resp = client
+        .post(format!("{m}?from=2026-11-01&to=2026-11-02"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let (s, _, body) = get(
+        format!("{base}/v1/advertisers/%FF%FE/metrics?from=2026-11-01&to=2026-11-02"),
+        bearer.clone(),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "invalid UTF-8 in the path: {body}"
+    );
+
+    // Authorization: the scheme is case-insensitive; two headers are a 400.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let (s, h, body) = get(
+            format!("{m}?from=2026-11-01&to=2026-11-02"),
+            vec![format!("{scheme} {key}")],
+        )
+        .await;
+        assert_eq!(s, 200, "{scheme}: {body}");
+        // Tenant data is never stored by caches; the security headers are on.
+        assert_eq!(h["cache-control"], "no-store");
+    }
+    let (s, _, body) = get(
+        format!("{m}?from=2026-11-01&to=2026-11-02"),
+        vec![format!("Bearer {key}"), format!("Bearer {key}")],
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error"]["parameter"], "Authorization", "{body}");
+
+    // Security headers on the dashboard and the API.
+    for url in [
+        format!("{base}/"),
+        format!("{base}/v1/me"),
+        format!("{base}/healthz"),
+    ] {
+        let (_, h, _) = get(url.clone(), bearer.clone()).await;
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'self'"),
+            "{url}: {csp}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{url}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{url}");
+        assert_eq!(h["x-frame-options"], "DENY", "{url}");
+    }
+
+    // Guessing secrets: after auth_attempts_per_minute uncached checks of one key id,
+    // 429 without asking MySQL; the valid key, cached, still passes.
+    let id = key.split('_').nth(1).unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        let (s, h, _) = get(
+            format!("{m}?from=2026-11-01&to=2026-11-02"),
+            vec![format!("Bearer amk_{id}_guess{i}")],
+        )
+        .await;
+        if s == 429 {
+            assert!(h.contains_key("retry-after"));
+        }
+        statuses.push(s);
+    }
+    assert!(statuses[..15].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert_eq!(
+        get(format!("{m}?from=2026-11-01&to=2026-11-02"), bearer.clone())
+            .await
+            .0,
+        200
+    );
+
+    // A client sending its headers one byte a second is cut off after
+    // header_read_timeout (2 s here); so is one that connects and sends nothing.
+    let addr = env.cfg.serving.listen.clone();
+    let slow = tokio::spawn({
+        let addr = addr.clone();
+        async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let started = std::time::Instant::now();
+            for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: abcdefghijklmnop".iter() {
+                if c.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                let mut buf = [0_u8; 256];
+                match tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) => return started.elapsed(),
+                    Ok(Ok(_)) | Err(_) => {}
+                }
+            }
+            panic!(
+                "the slow client was never disconnected ({:?})",
+                started.elapsed()
+            );
+        }
+    });
+    let idle = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0_u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await;
+        assert!(
+            matches!(n, Ok(Ok(0) | Err(_))),
+            "an idle connection is closed"
+        );
+        started.elapsed()
+    });
+    let (slow, idle) = (slow.await.unwrap(), idle.await.unwrap());
+    eprintln!("slow client cut off after {slow:?}, idle one after {idle:?}");
+    assert!(
+        slow < Duration::from_secs(5) && idle < Duration::from_secs(5),
+        "{slow:?} {idle:?}"
+    );
+    // The server still answers.
+    let answer = raw(
+        &env.cfg.serving.listen,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
