@@ -22,6 +22,19 @@
 //!
 //! Dates in keys are the advertiser's local day. Measures are the names of
 //! [`crate::counters::Measure`].
+//!
+//! # How the serving layer reads this layout
+//!
+//! The layout is the writer's (one hash tag per partition keeps a flush atomic); an
+//! advertiser-day is spread over one `m:` hash and one `u:` HyperLogLog per scope in
+//! every partition. The reader does not pay that per request: it polls every
+//! partition's `flush_seq` (one round trip, pipelined per slot on a cluster) every
+//! half of `serving.speed_staleness` (default 1 s), and keeps in process the summed
+//! advertiser-days and whole answers read under the current flush generation. A
+//! request then costs O(days) in-memory lookups; a flush anywhere makes the next
+//! request re-read (only) the provisional days it needs, so an answer lags the last
+//! completed flush by at most `serving.speed_staleness`. Details and the batch side:
+//! `serving_layer::read_path`.
 
 use chrono::NaiveDate;
 

@@ -13,9 +13,10 @@ use common::counters::{Counters, Measure};
 use common::redis_keys::{AS_OF_FIELD, FLUSH_SEQ_FIELD, Keys, parse_field};
 use mysql_async::prelude::Queryable;
 
-/// Slack on top of a staleness bound for one HTTP round trip and the test's own
-/// polling (every 20-25 ms) on a loaded 2-core machine.
-const SLACK: Duration = Duration::from_millis(500);
+/// Slack on top of a staleness bound: the test's own polling (every 20-25 ms) and the
+/// time a request sent by the test takes to reach a handler on a loaded 2-core machine.
+/// Lags are measured to when a request was sent, so answer times do not count.
+const SLACK: Duration = Duration::from_millis(300);
 
 /// Every partition's flush sequence number, read straight from Redis.
 async fn flush_seqs(env: &TestEnv) -> Vec<Option<i64>> {
@@ -126,19 +127,21 @@ async fn a_provisional_day_follows_each_flush_within_the_bound_and_equals_the_pa
             let want = partition_sums(&env, adv, &days).await;
             if flush_seqs(&env).await == seqs {
                 loop {
+                    // Judged by when the request was sent: a stale answer is a fault
+                    // only if it was asked for more than the bound after the flush.
+                    let sent = flushed.elapsed();
                     let (s, body) = get_json(&url, Some(&key)).await;
                     assert_eq!(s, 200, "{body}");
                     if api_sums(&body) == want {
-                        lags.push(flushed.elapsed());
+                        lags.push(sent);
                         break;
                     }
                     if flush_seqs(&env).await != seqs {
                         break; // another flush landed meanwhile: this sample is void
                     }
                     assert!(
-                        flushed.elapsed() < bound + SLACK,
-                        "the answer still lacks the flush {:?} after it completed (bound {bound:?})",
-                        flushed.elapsed()
+                        sent < bound + SLACK,
+                        "a request sent {sent:?} after a flush completed lacks it (bound {bound:?})"
                     );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -150,8 +153,7 @@ async fn a_provisional_day_follows_each_flush_within_the_bound_and_equals_the_pa
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    eprintln!("answer lag behind each flush: {lags:?}");
-    assert!(lags.iter().all(|l| *l < bound + SLACK), "{lags:?}");
+    eprintln!("first request that saw each flush, sent this long after it: {lags:?}");
 
     // Settled: every day of every grouping equals the partition sums exactly, and the
     // UV is the one the per-partition HyperLogLogs give.
@@ -261,7 +263,8 @@ async fn a_final_day_replaced_by_a_new_run_is_served_from_it_within_the_bound() 
     let bound = env.cfg.serving.batch_staleness;
 
     let mut lag = None;
-    while committed.elapsed() < bound + SLACK * 4 {
+    while committed.elapsed() < bound + Duration::from_secs(3) {
+        let sent = committed.elapsed();
         let (s, body) = get_json(&url, Some(&key)).await;
         assert_eq!(s, 200, "{body}");
         let row = body["rows"]
@@ -275,16 +278,22 @@ async fn a_final_day_replaced_by_a_new_run_is_served_from_it_within_the_bound() 
         if let Some(l) = lag {
             assert!(
                 new,
-                "after {l:?} the new run was served; an old answer came back: {row}"
+                "a request sent {l:?} after the commit was served the new run; a later one the old: {row}"
             );
         } else if new {
             assert_eq!(row["metrics"]["clicks"].as_i64(), Some(clicks + 1), "{row}");
             assert_ne!(row["computed_at"], before["rows"][0]["computed_at"]);
-            lag = Some(committed.elapsed());
+            lag = Some(sent);
+        } else {
+            assert!(
+                sent < bound + SLACK,
+                "a request sent {sent:?} after the new run committed got the old one (bound {bound:?})"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let lag = lag.expect("the new run is served");
-    eprintln!("new batch run served {lag:?} after it committed (bound {bound:?})");
-    assert!(lag < bound + SLACK, "{lag:?}");
+    eprintln!(
+        "new batch run served to a request sent {lag:?} after it committed (bound {bound:?})"
+    );
 }
