@@ -240,22 +240,20 @@ async fn a_key_sees_only_its_advertiser_and_bad_keys_get_401() {
     let revoked = std::time::Instant::now();
     let bound = env.cfg.serving.key_cache_ttl;
     let body = loop {
+        // Judged by when the request was sent, so answer times do not count.
+        let sent = revoked.elapsed();
         let (s, body) = get_json(&endpoints(&base, a)[0], Some(&ka)).await;
         if s == 401 {
+            eprintln!("revoked key refused to a request sent {sent:?} after `keys revoke`");
             break body;
         }
         assert_eq!(s, 200, "{body}");
         assert!(
-            revoked.elapsed() < bound + Duration::from_millis(500),
-            "the revoked key still works {:?} after `keys revoke` (bound {bound:?})",
-            revoked.elapsed()
+            sent < bound + Duration::from_millis(300),
+            "the revoked key still works for a request sent {sent:?} after `keys revoke` (bound {bound:?})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    eprintln!(
-        "revoked key refused {:?} after `keys revoke`",
-        revoked.elapsed()
-    );
     assert_eq!(body["error"]["code"], "unauthorized");
     // Refused from then on.
     assert_eq!(get_json(&endpoints(&base, a)[1], Some(&ka)).await.0, 401);
