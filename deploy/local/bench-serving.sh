@@ -7,15 +7,20 @@
 #
 # From nothing: local stack up, release build, a namespace of its own (topics, Redis
 # prefix, MySQL database), the TalkingData sample replayed and consumed by the speed
-# layer (and archived), then wrk (Debian's, installed if missing) at 64 connections
-# for each scenario of the 30-day range:
+# layer (and archived): the data set itself and BENCH_COPIES (10) copies of it, each
+# shifted 3 more days into the past with event ids of its own, so that 30 days hold
+# real data; the speed layer accepts 40-day-old events for this. Then the pipeline
+# processes stop (their results stay in Redis and MySQL; BENCH_KEEP_PIPELINE=1 keeps
+# them running) and wrk (Debian's, installed if missing) runs at 64 connections for
+# each scenario of the 30-day range:
 #   healthz          GET /healthz (a Redis PING each): the ceiling
 #   provisional-30d  30 days, none final yet (speed layer only)
 #   final-30d        30 days, all recomputed by the batch layer
 #   mixed-30d        29 final days and today (provisional)
 #   mixed-30d-by-ad  the same, group_by=ad
-# Each line: requests/s, p50/p99/p99.9 latency (ms), errors, and the ratio to healthz.
-# Settings: BENCH_CONNECTIONS (64), BENCH_DURATION (10s), BENCH_THREADS (2).
+# Each line: the medians over BENCH_RUNS (3) wrk runs of requests/s and p50/p99/p99.9
+# latency (ms), the errors of all runs, and the ratio of the median requests/s to
+# healthz's. Settings: BENCH_CONNECTIONS (64), BENCH_DURATION (10s), BENCH_THREADS (2).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 DATA=${ADMETRICS_DATASET:-$REPO_ROOT/../shared/data/talkingdata_train_sample.csv}
@@ -24,6 +29,9 @@ CONNECTIONS=${BENCH_CONNECTIONS:-64}
 DURATION=${BENCH_DURATION:-10s}
 THREADS=${BENCH_THREADS:-2}
 CLUSTER=${BENCH_CLUSTER:-1}
+COPIES=${BENCH_COPIES:-10}
+RUNS=${BENCH_RUNS:-3}
+KEEP_PIPELINE=${BENCH_KEEP_PIPELINE:-0}
 
 "$REPO_ROOT/deploy/local/up.sh"
 if ! command -v wrk >/dev/null; then
@@ -57,6 +65,7 @@ export ADMETRICS__BATCH__GROUP_ID=$NS-archiver
 export ADMETRICS__BATCH__ARCHIVE_URL=$WORK/archive
 export ADMETRICS__BATCH__ARCHIVE_MAX_AGE=1s
 export ADMETRICS__CLICKHOUSE__ENABLED=false
+export ADMETRICS__VALIDATION__MAX_AGE=40d
 export ADMETRICS__STATE_DIR=$WORK
 export ADMETRICS__MYSQL__URL=mysql://admetrics:admetrics@127.0.0.1:$MYSQL_PORT/admetrics_$NS
 # One key at 20 000+ req/s: the per-key limit is lifted for the benchmark.
@@ -66,11 +75,14 @@ mariadb -h127.0.0.1 -P"$MYSQL_PORT" -uadmetrics -padmetrics -e "CREATE DATABASE 
 "$BIN/speed-layer" migrate
 
 # run NAME COMMAND...: a background process of this run, log under $WORK.
+PIPELINE=()
 run() { local name=$1; shift; "$@" >"$WORK/$name.log" 2>&1 & PIDS+=($!); }
 
 ARCHIVER_METRICS=127.0.0.1:$(free_port)
 run speed env ADMETRICS__SPEED__METRICS_LISTEN=127.0.0.1:$(free_port) "$BIN/speed-layer" run
+PIPELINE+=($!)
 run archiver "$BIN/batch-layer" archive --metrics-listen "$ARCHIVER_METRICS"
+PIPELINE+=($!)
 
 if [ "$CLUSTER" = 1 ]; then
   # Three masters, and a second speed layer writing the same topics into them.
@@ -89,12 +101,17 @@ if [ "$CLUSTER" = 1 ]; then
   NODES_JSON=$(printf '"redis://127.0.0.1:%s/",' "${CLUSTER_NODES[@]}"); NODES_JSON="[${NODES_JSON%,}]"
   run speed-cluster env ADMETRICS__REDIS__CLUSTER_NODES="$NODES_JSON" ADMETRICS__SPEED__GROUP_ID=$NS-speed-cluster \
     ADMETRICS__SPEED__METRICS_LISTEN=127.0.0.1:$(free_port) "$BIN/speed-layer" run
+  PIPELINE+=($!)
 fi
 
 log "replaying $DATA into $NS-*"
 "$BIN/speed-layer" replay --data "$DATA" >"$WORK/replay.json"
-EVENTS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["events"])' "$WORK/replay.json")
-read -r ADV LAST < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["busiest"]["advertiser_id"], s["last_day"])' "$WORK/replay.json")
+read -r EVENTS SHIFT ADV LAST < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["events"], s["shift_days"], s["busiest"]["advertiser_id"], s["last_day"])' "$WORK/replay.json")
+for k in $(seq 1 "$COPIES"); do
+  log "replaying copy $k of $COPIES, $((3 * k)) days earlier"
+  "$BIN/speed-layer" replay --data "$DATA" --copy "$k" --shift "$((SHIFT - 3 * k))" >"$WORK/replay-$k.json" 2>>"$WORK/replays.log"
+  EVENTS=$((EVENTS + $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["events"])' "$WORK/replay-$k.json")))
+done
 log "waiting for the speed layer(s) and the archiver to hold all $EVENTS events"
 "$BIN/speed-layer" status --wait --timeout 600 >/dev/null
 if [ "$CLUSTER" = 1 ]; then
@@ -104,6 +121,10 @@ fi
 archived() { curl -sf "http://$ARCHIVER_METRICS/metrics" | awk '/^admetrics_archive_rows_written_total/ {s += $2} END {print s + 0}'; }
 wait_for "the archive ($EVENTS rows)" 300 bash -c "[ \"\$(curl -sf http://$ARCHIVER_METRICS/metrics | awk '/^admetrics_archive_rows_written_total/ {s += \$2} END {print s + 0}')\" -ge $EVENTS ]"
 log "archived $(archived) rows"
+if [ "$KEEP_PIPELINE" != 1 ]; then
+  log "stopping the pipeline processes (results stay in Redis and the archive)"
+  kill "${PIPELINE[@]}" 2>/dev/null || true
+fi
 
 KEY=$("$BIN/serving-layer" keys create --advertiser "$ADV" --label bench)
 start_server() { # NAME PORT [ENV...]
@@ -137,12 +158,19 @@ EOF
 
 CEILING=
 printf '\n%-28s %10s %8s %8s %9s %7s %8s\n' scenario "req/s" "p50 ms" "p99 ms" "p99.9 ms" errors "x healthz"
-bench() { # NAME PORT PATH: one wrk run after a 2 s warm-up
-  local name=$1 port=$2 path=$3 url="http://127.0.0.1:$2$3"
+bench() { # NAME PORT PATH: a 2 s warm-up, then RUNS wrk runs; prints the medians
+  local name=$1 port=$2 path=$3 url="http://127.0.0.1:$2$3" figures=()
   curl -sf -H "Authorization: Bearer $KEY" "$url" >"$WORK/$name.json" || die "GET $url failed"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "Authorization: Bearer $KEY" "$url" >/dev/null
-  local out; out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -H "Authorization: Bearer $KEY" -s "$WORK/report.lua" "$url")
-  read -r _ rps p50 p99 p999 errors total < <(grep '^FIGURES' <<<"$out")
+  for _ in $(seq 1 "$RUNS"); do
+    figures+=("$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -H "Authorization: Bearer $KEY" -s "$WORK/report.lua" "$url" | grep '^FIGURES')")
+  done
+  printf '%s\n' "${figures[@]}" >"$WORK/$name.figures"
+  read -r rps p50 p99 p999 errors < <(python3 -c '
+import statistics, sys
+rows = [list(map(float, l.split()[1:])) for l in open(sys.argv[1]) if l.strip()]
+med = lambda i: statistics.median(r[i] for r in rows)
+print(f"{med(0):.0f} {med(1):.2f} {med(2):.2f} {med(3):.2f} {sum(r[4] for r in rows):.0f}")' "$WORK/$name.figures")
   [ -n "$CEILING" ] || CEILING=$rps
   printf '%-28s %10s %8s %8s %9s %7s %8s\n' "$name" "$rps" "$p50" "$p99" "$p999" "$errors" \
     "$(python3 -c "print(f'{$rps / $CEILING:.2f}')")"

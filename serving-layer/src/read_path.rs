@@ -130,6 +130,9 @@ pub struct ReadPath {
     catalog_tx: watch::Sender<Arc<BatchCatalog>>,
     flushes: watch::Receiver<FlushGeneration>,
     flushes_tx: watch::Sender<FlushGeneration>,
+    /// Held while a request reads a version itself, so that a late poller makes one
+    /// request wait for one read rather than every request read.
+    inline_refresh: tokio::sync::Mutex<()>,
     answers: moka::sync::Cache<AnswerKey, Arc<CachedAnswer>>,
     batch_days: moka::sync::Cache<(i64, NaiveDate, i64), Arc<BatchDay>>,
     speed_days: moka::sync::Cache<(i64, NaiveDate, GroupBy), Arc<CachedSpeedDay>>,
@@ -162,6 +165,7 @@ impl ReadPath {
             catalog_tx,
             flushes,
             flushes_tx,
+            inline_refresh: tokio::sync::Mutex::new(()),
             answers: moka::sync::Cache::builder()
                 .max_capacity(bytes / 4)
                 .weigher(|_, v: &Arc<CachedAnswer>| u32::try_from(v.body.len()).unwrap_or(u32::MAX))
@@ -255,10 +259,20 @@ impl ReadPath {
         if fresh(c.read_at, self.batch_staleness) {
             return Ok(c);
         }
+        let _one_at_a_time = self.inline_refresh.lock().await;
+        let c = Arc::clone(&self.catalog.borrow());
+        if fresh(c.read_at, self.batch_staleness) {
+            return Ok(c); // read by whoever held the lock
+        }
         Ok(self.refresh_catalog().await?)
     }
 
     async fn flush_generation(&self) -> Result<u64, ApiError> {
+        let g = *self.flushes.borrow();
+        if fresh(g.read_at, self.speed_staleness) {
+            return Ok(g.value);
+        }
+        let _one_at_a_time = self.inline_refresh.lock().await;
         let g = *self.flushes.borrow();
         if fresh(g.read_at, self.speed_staleness) {
             return Ok(g.value);

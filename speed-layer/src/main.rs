@@ -46,6 +46,10 @@ enum Command {
         /// Replay only the first N data rows.
         #[arg(long)]
         limit: Option<usize>,
+        /// Copy N of the data set (N > 0): event ids get the prefix `c<N>-`, so that it
+        /// counts as new data when replayed with another `--shift`.
+        #[arg(long, default_value_t = 0)]
+        copy: u32,
     },
     /// Load ClickHouse batches spilled to disk, deleting each once written.
     ReplaySpill,
@@ -177,6 +181,7 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
             speed,
             shift,
             limit,
+            copy,
         } => {
             let summary = replay::run(
                 &cfg,
@@ -185,6 +190,7 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
                     speed,
                     shift,
                     limit,
+                    copy,
                 },
             )
             .await?;

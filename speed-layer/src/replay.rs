@@ -56,6 +56,10 @@ pub struct ReplayOptions {
     pub shift: Shift,
     /// Replay only the first N data rows.
     pub limit: Option<usize>,
+    /// 0 for the data set itself; N > 0 makes copy N: every `event_id` gets the prefix
+    /// `c<N>-`, so a copy replayed with another date shift is new data rather than
+    /// duplicates (benchmarks lay many days of real data this way).
+    pub copy: u32,
 }
 
 /// What a replay did (printed as JSON).
@@ -286,7 +290,12 @@ pub async fn run(cfg: &Config, opts: &ReplayOptions) -> anyhow::Result<ReplaySum
         .context("applying the MySQL schema")?;
     let dimension_rows = load_dimensions(&pool, &rows).await?;
     pool.disconnect().await.ok();
-    let events = dataset::events(&rows, shift_days);
+    let mut events = dataset::events(&rows, shift_days);
+    if opts.copy > 0 {
+        for e in &mut events {
+            e.event_id = format!("c{}-{}", opts.copy, e.event_id).into();
+        }
+    }
     let producer: FutureProducer = common::kafka::producer_config(&cfg.kafka)
         .create()
         .context("kafka producer")?;
