@@ -382,15 +382,20 @@ impl ReadPath {
         let body = Bytes::from(
             serde_json::to_vec(&answer).map_err(|e| ApiError::Internal(e.to_string()))?,
         );
-        self.answers.insert(
-            key,
-            Arc::new(CachedAnswer {
-                batch_generation: catalog.generation,
-                flush_generation,
-                today,
-                body: body.clone(),
-            }),
-        );
+        // `adv` (its `final_through`) was read under some batch generation; an answer
+        // is cached only under that same one, so a run that lands meanwhile cannot
+        // leave an old `final_through` in a current entry.
+        if adv.batch_generation == catalog.generation {
+            self.answers.insert(
+                key,
+                Arc::new(CachedAnswer {
+                    batch_generation: catalog.generation,
+                    flush_generation,
+                    today,
+                    body: body.clone(),
+                }),
+            );
+        }
         Ok(body)
     }
 
