@@ -141,7 +141,7 @@ impl Default for Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
-    /// `bootstrap.servers`. Default `127.0.0.1:9092` (the local tansu broker).
+    /// `bootstrap.servers`. Default `127.0.0.1:9092` (the local Apache Kafka broker).
     pub brokers: String,
     /// Traffic topic (exposures, clicks). Default `ad-traffic`.
     pub traffic_topic: String,
@@ -153,9 +153,8 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Static group membership id (`group.instance.id`) of this process's consumers;
     /// empty = the host name; `none` = dynamic membership. A restarted instance with the same id takes its
-    /// partitions back at once instead of waiting for its old session to expire (and
-    /// tansu only rebalances dead dynamic members away unreliably). Two instances of one
-    /// group on one host need different ids.
+    /// partitions back at once instead of waiting for its old session to expire. Two
+    /// instances of one group on one host need different ids.
     pub group_instance_id: String,
     /// Extra librdkafka settings passed through verbatim to every client
     /// (`security.protocol`, `sasl.mechanisms`, `ssl.ca.location`, ...).

@@ -20,7 +20,8 @@ stop_pid() { # NAME PIDFILE
 stop_pid serving-layer "$RUN/serving-layer.pid"
 stop_pid speed-layer "$RUN/speed-layer.pid"
 stop_pid archiver "$RUN/archiver.pid"
-stop_pid tansu "$RUN/tansu.pid"
+stop_pid kafka "$RUN/kafka.pid"
+stop_pid tansu "$RUN/tansu.pid"  # the broker of earlier versions of this script
 stop_pid clickhouse "$RUN/clickhouse.pid"
 stop_pid mariadb "$RUN/mariadb.pid"
 if [ -f "$RUN/redis.pid" ]; then

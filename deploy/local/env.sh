@@ -9,8 +9,10 @@ LOGS=$STATE/logs
 
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_PARTITIONS=${KAFKA_PARTITIONS:-8}
-# sqlite keeps topics and messages across broker restarts; memory://tansu/ is faster and forgets them.
-KAFKA_STORAGE=${KAFKA_STORAGE:-sqlite://tansu.db}  # relative to $STATE/kafka (tansu resolves sqlite paths against its cwd)
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_VERSION=4.4.0                                   # deploy/local/kafka/pom.xml resolves it
+KAFKA_HOME=${ADMETRICS_KAFKA_HOME:-$HOME/.cache/admetrics-kafka-$KAFKA_VERSION}  # its jars, outside the repository
+KAFKA_HEAP=${KAFKA_HEAP:-512m}                        # bounded: it shares 2 cores and 24 GiB with the rest
 REDIS_PORT=${REDIS_PORT:-6390}
 MYSQL_PORT=${MYSQL_PORT:-3306}
 CH_HTTP_PORT=${CH_HTTP_PORT:-8123}

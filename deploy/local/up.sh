@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings the local stack up from nothing, idempotently: installs what is missing
-# (Debian packages, tansu), starts what is not running on loopback with data and logs
+# (Debian packages, the Apache Kafka broker from Maven Central), starts what is not
+# running on loopback with data and logs
 # under $ADMETRICS_STATE_DIR (default ./var), waits until each answers, and creates
 # the Kafka topics, the MySQL database/user/schema and the ClickHouse database/tables.
 # Running it twice changes nothing. deploy/local/down.sh stops what it started.
@@ -27,10 +28,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$LOGS/apt.log" 2>&1 \
     || die "apt-get install ${missing[*]} failed (see $LOGS/apt.log)"
 fi
-if ! command -v tansu >/dev/null; then
-  log "installing tansu 0.6.0 from crates.io (about 10-15 minutes on 2 cores, once)"
-  cargo install tansu --locked --version 0.6.0 --features dynostore,libsql >"$LOGS/tansu-install.log" 2>&1 \
-    || die "cargo install tansu failed (see $LOGS/tansu-install.log)"
+if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+  log "installing openjdk-17-jre-headless maven (apt, for the Kafka broker)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless maven \
+    >"$LOGS/apt-java.log" 2>&1 || die "apt-get install openjdk-17-jre-headless maven failed (see $LOGS/apt-java.log)"
+fi
+# The broker's jars: resolved once from Maven Central into a cache outside the
+# repository (deploy/local/kafka/pom.xml; version in env.sh), reused when present.
+if [ ! -f "$KAFKA_HOME/complete" ]; then
+  log "resolving Apache Kafka $KAFKA_VERSION and its dependencies from Maven Central into $KAFKA_HOME"
+  rm -rf "$KAFKA_HOME/libs"
+  mvn -q -B -f "$REPO_ROOT/deploy/local/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DoutputDirectory="$KAFKA_HOME/libs" >"$LOGS/kafka-resolve.log" 2>&1 \
+    || die "resolving the Kafka broker failed (see $LOGS/kafka-resolve.log)"
+  touch "$KAFKA_HOME/complete"
 fi
 
 # --- Redis (the product's own: AOF, fsync on every write) ----------------------------
@@ -78,18 +90,48 @@ fi
 clickhouse-client --port "$CH_TCP_PORT" --query "CREATE DATABASE IF NOT EXISTS admetrics"
 clickhouse-client --port "$CH_TCP_PORT" --database admetrics --multiquery <"$REPO_ROOT/deploy/sql/clickhouse.sql"
 
-# --- Kafka (tansu) -----------------------------------------------------------------
+# --- Kafka (Apache Kafka, one KRaft node: broker and controller in one JVM) ----------
+kafka_tool() { java -Xmx256m -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$KAFKA_HOME/libs/*" "$@"; }
 if ! port_open "$KAFKA_PORT"; then
-  log "starting tansu on 127.0.0.1:$KAFKA_PORT (storage $KAFKA_STORAGE)"
-  ( cd "$STATE/kafka" && start_bg tansu tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine "$KAFKA_STORAGE" )
-  wait_for tansu 30 port_open "$KAFKA_PORT"
+  mkdir -p "$STATE/kafka/data"
+  cat >"$STATE/kafka/server.properties" <<PROPERTIES
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$STATE/kafka/data
+num.partitions=$KAFKA_PARTITIONS
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=-1
+PROPERTIES
+  if [ ! -f "$STATE/kafka/data/meta.properties" ]; then
+    log "formatting Kafka storage under $STATE/kafka/data (once)"
+    kafka_tool kafka.tools.StorageTool format --standalone -t "$(kafka_tool kafka.tools.StorageTool random-uuid)" \
+      -c "$STATE/kafka/server.properties" >"$LOGS/kafka-format.log" 2>&1 \
+      || die "formatting Kafka storage failed (see $LOGS/kafka-format.log)"
+  fi
+  log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (KRaft, heap $KAFKA_HEAP, data in $STATE/kafka)"
+  start_bg kafka java "-Xms$KAFKA_HEAP" "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
+    -Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$STATE/kafka/server.properties"
+  wait_for kafka 90 kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --list
 fi
-existing=$(tansu topic list --broker "tcp://127.0.0.1:$KAFKA_PORT" 2>/dev/null || echo '[]')
+# Topics through the admin API (auto-creation is off).
+existing=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --list)
 for t in "${TOPICS[@]}"; do
-  if ! grep -q "\"name\":\"$t\"" <<<"$existing"; then
+  if ! grep -qx "$t" <<<"$existing"; then
     log "creating topic $t ($KAFKA_PARTITIONS partitions)"
-    tansu topic create "$t" --partitions "$KAFKA_PARTITIONS" --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null
+    kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --create --if-not-exists \
+      --topic "$t" --partitions "$KAFKA_PARTITIONS" --replication-factor 1 >/dev/null
   fi
 done
 

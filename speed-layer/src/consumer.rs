@@ -173,7 +173,9 @@ pub async fn run(
     };
     let consumer: StreamConsumer<SpeedContext> =
         common::kafka::consumer_config(&cfg.kafka, &cfg.speed.group_id)
-            .set("statistics.interval.ms", "5000")
+            // The consumer-lag gauge comes from these statistics: every second, so it
+            // is there within a second of the first fetch.
+            .set("statistics.interval.ms", "1000")
             .create_with_context(ctx)
             .context("kafka consumer")?;
     consumer

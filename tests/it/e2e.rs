@@ -24,13 +24,23 @@ async fn replayed_slice_matches_the_data_set_for_every_advertiser_and_day() {
 
     check::speed_matches_reference(&env, &key, &events).await;
 
-    // What the operator on call reads: the speed layer's Prometheus endpoint.
-    let text = reqwest::get(format!("http://{}/metrics", env.cfg.speed.metrics_listen))
-        .await
-        .expect("speed /metrics")
-        .text()
-        .await
-        .unwrap();
+    // What the operator on call reads: the speed layer's Prometheus endpoint. The lag
+    // gauge comes with librdkafka's statistics (every second).
+    let scrape = || async {
+        reqwest::get(format!("http://{}/metrics", env.cfg.speed.metrics_listen))
+            .await
+            .expect("speed /metrics")
+            .text()
+            .await
+            .unwrap()
+    };
+    admetrics_tests::wait_until(
+        Duration::from_secs(10),
+        "the consumer lag gauge",
+        || async { scrape().await.contains(common::telemetry::CONSUMER_LAG) },
+    )
+    .await;
+    let text = scrape().await;
     let value = |name: &str, label: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(name) && l.contains(label))

@@ -141,8 +141,8 @@ impl TestEnv {
         .await
         {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => missing("Kafka (tansu)", &format!("{}: {e}", k.brokers)),
-            Err(_) => missing("Kafka (tansu)", &format!("{}: timeout", k.brokers)),
+            Ok(Err(e)) => missing("Kafka", &format!("{}: {e}", k.brokers)),
+            Err(_) => missing("Kafka", &format!("{}: timeout", k.brokers)),
         }
         TestEnv {
             id,
