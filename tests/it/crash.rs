@@ -57,10 +57,8 @@ fn instance(name: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-// Failing over to the survivor without a restart needs the broker to expire the dead
-// member's session; tansu 0.6.0 keeps a dead member's partitions assigned to it (see
-// README, "Known limits"), so the killed instance is restarted here, as Kubernetes
-// does. On a real Kafka the survivor takes the partitions after `session.timeout.ms`.
+// The killed instance is restarted with its static id, as a Kubernetes StatefulSet pod
+// is: it takes its partitions back at once. The next test lets it stay dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_partitions_through_a_join_and_a_kill() {
     let mut env = TestEnv::new(4).await;
@@ -85,4 +83,44 @@ async fn two_instances_share_partitions_through_a_join_and_a_kill() {
         env.log_count("speed-a", "partitions revoked") > 0,
         "a gave partitions away when b joined"
     );
+}
+
+/// How long the survivor may take to own a dead member's partitions: the broker expires
+/// the member after `session.timeout.ms` (10 s, `common::kafka::consumer_config`), then
+/// the group rebalances and the survivor loads the partitions' state from Redis.
+const FAILOVER: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_instance_fails_over_to_the_survivor_with_exact_totals() {
+    let mut env = TestEnv::new(4).await;
+    let events = env.spawn_paced_replay(ROWS, SPEED);
+    env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
+    env.wait_partitions_taken("speed-a", 0).await;
+    env.spawn_with_env("speed-b", "speed-layer", &["run"], &instance("speed-b"));
+    env.wait_partitions_taken("speed-b", 0).await;
+    tokio::time::sleep(Duration::from_millis(
+        rand::rng().random_range(1_000..4_000),
+    ))
+    .await;
+    assert!(env.running("replay"), "the kill happens during the replay");
+    let before = env.log_count("speed-b", "partition state loaded");
+    env.kill("speed-a").await;
+    // a stays dead: b takes its partitions once the broker expires a's session.
+    let killed = std::time::Instant::now();
+    admetrics_tests::wait_until(
+        FAILOVER,
+        "the survivor to take the dead member's partitions",
+        || {
+            let now = env.log_count("speed-b", "partition state loaded");
+            async move { now > before }
+        },
+    )
+    .await;
+    eprintln!(
+        "survivor owned the dead member's partitions {:?} after the kill",
+        killed.elapsed()
+    );
+    env.wait_replay_done(Duration::from_secs(180)).await;
+    settle_and_check(&mut env, &events, &["speed-b", "replay"]).await;
+    assert!(!env.running("speed-a"));
 }
