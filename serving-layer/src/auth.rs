@@ -211,17 +211,15 @@ impl Authenticator {
     pub async fn admit(&self, parts: &Parts) -> Result<VerifiedKey, ApiError> {
         let presented = bearer_token(parts)?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let client = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
         // Concurrent first requests with one key wait for a single verification.
         let key = self
             .verified
             .try_get_with(digest, async {
                 let key_id = key_id_of(presented).unwrap_or("malformed");
                 self.spend_attempt(&format!("id:{key_id}"))?;
-                if let Some(ip) = client {
+                if let Some(ConnectInfo(client)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
+                {
+                    let ip = client.ip();
                     self.spend_attempt(&format!("ip:{ip}"))?;
                 }
                 verify(&self.pool, presented)

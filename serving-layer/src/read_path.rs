@@ -191,41 +191,24 @@ impl ReadPath {
         })
     }
 
-    /// Starts the two pollers (batch catalog, flush generation); they stop with
-    /// `shutdown`. A failed poll is logged and retried on the next tick.
+    /// Starts the two pollers (batch catalog, flush generation), each ticking every half
+    /// of its staleness bound; they stop with `shutdown`. A failed poll is logged and
+    /// retried on the next tick.
     pub fn spawn_pollers(self: &Arc<Self>, shutdown: &CancellationToken) {
-        let me = Arc::clone(self);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.batch_staleness / 2);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = me.refresh_catalog().await {
-                            tracing::warn!(error = %e, "reading batch_runs failed; requests read it themselves");
-                        }
-                    }
-                }
-            }
-        });
-        let me = Arc::clone(self);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.speed_staleness / 2);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = me.refresh_flushes().await {
-                            tracing::warn!(error = %e, "reading flush sequence numbers failed; requests read them themselves");
-                        }
-                    }
-                }
-            }
-        });
+        spawn_poller(
+            Arc::clone(self),
+            self.batch_staleness / 2,
+            shutdown.clone(),
+            "reading batch_runs failed; requests read it themselves",
+            |me| async move { me.refresh_catalog().await.map(drop) },
+        );
+        spawn_poller(
+            Arc::clone(self),
+            self.speed_staleness / 2,
+            shutdown.clone(),
+            "reading flush sequence numbers failed; requests read them themselves",
+            |me| async move { me.refresh_flushes().await.map(drop) },
+        );
     }
 
     async fn refresh_catalog(&self) -> Result<Arc<BatchCatalog>, mysql_async::Error> {
@@ -510,6 +493,34 @@ impl ReadPath {
         }
         Ok((out, campaigns))
     }
+}
+
+/// Runs `poll(me)` every `every` until `stop`; a failure is logged with `failed`.
+fn spawn_poller<F, Fut, E>(
+    me: Arc<ReadPath>,
+    every: Duration,
+    stop: CancellationToken,
+    failed: &'static str,
+    poll: F,
+) where
+    F: Fn(Arc<ReadPath>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = poll(Arc::clone(&me)).await {
+                        tracing::warn!(error = %e, "{failed}");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Counter of cache lookups of the read path, by `cache` and `result` (hit, miss).
