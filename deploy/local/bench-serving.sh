@@ -119,7 +119,8 @@ if [ "$CLUSTER" = 1 ]; then
     "$BIN/speed-layer" status --wait --timeout 600 >/dev/null
 fi
 archived() { curl -sf "http://$ARCHIVER_METRICS/metrics" | awk '/^admetrics_archive_rows_written_total/ {s += $2} END {print s + 0}'; }
-wait_for "the archive ($EVENTS rows)" 300 bash -c "[ \"\$(curl -sf http://$ARCHIVER_METRICS/metrics | awk '/^admetrics_archive_rows_written_total/ {s += \$2} END {print s + 0}')\" -ge $EVENTS ]"
+archive_complete() { [ "$(archived)" -ge "$EVENTS" ]; }
+wait_for "the archive ($EVENTS rows)" 300 archive_complete
 log "archived $(archived) rows"
 if [ "$KEEP_PIPELINE" != 1 ]; then
   log "stopping the pipeline processes (results stay in Redis and the archive)"

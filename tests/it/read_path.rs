@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use admetrics_tests::{TestEnv, days_of, get_json};
+use admetrics_tests::{TestEnv, busiest_advertiser, days_of, get_json};
 use chrono::NaiveDate;
 use common::counters::{Counters, Measure};
 use common::redis_keys::{AS_OF_FIELD, FLUSH_SEQ_FIELD, Keys, parse_field};
@@ -81,15 +81,6 @@ fn api_sums(body: &serde_json::Value) -> BTreeMap<NaiveDate, Counters> {
         .collect()
 }
 
-/// The advertiser with the most events.
-fn busiest(events: &[common::event::Event<'_>]) -> i64 {
-    let mut n: BTreeMap<i64, usize> = BTreeMap::new();
-    for e in events {
-        *n.entry(e.advertiser_id).or_default() += 1;
-    }
-    n.into_iter().max_by_key(|(_, c)| *c).unwrap().0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provisional_day_follows_each_flush_within_the_bound_and_equals_the_partition_sums() {
     let mut env = TestEnv::new(2).await;
@@ -101,7 +92,7 @@ async fn a_provisional_day_follows_each_flush_within_the_bound_and_equals_the_pa
     let events = env.spawn_paced_replay(20_000, 5_000);
     env.spawn_with_env("speed", "speed-layer", &["run"], &slow_flushes);
     env.start_server().await;
-    let adv = busiest(&events);
+    let adv = busiest_advertiser(&events);
     // The paced replay writes the advertiser's dimensions as it goes: an internal key
     // needs none to exist yet.
     let key = env.api_key(&["--internal"]).await;
@@ -204,22 +195,11 @@ async fn a_final_day_replaced_by_a_new_run_is_served_from_it_within_the_bound() 
     let mut env = TestEnv::new(2).await;
     env.cfg.serving.rate_limit_per_second = 10_000;
     env.cfg.serving.rate_limit_burst = 10_000;
-    let r = env.replay(3_000).await;
-    env.spawn("speed", "speed-layer", &["run"]);
-    env.start_archiver();
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(180)).await {
-        panic!("{e}\n{}", env.log("speed"));
-    }
-    let dir = env.state_dir.join("archive");
-    let n = r.events.len() as i64;
-    admetrics_tests::wait_until(Duration::from_secs(120), "archive", || async {
-        admetrics_tests::archive::rows(&dir) >= n
-    })
-    .await;
+    let r = env.replay_through_pipeline(3_000).await;
     let (first, _) = days_of(&r.events);
     env.recompute(first, first).await;
     env.start_server().await;
-    let adv = busiest(&r.events);
+    let adv = busiest_advertiser(&r.events);
     let key = env.api_key(&["--advertiser", &adv.to_string()]).await;
     let url = format!(
         "{}/v1/advertisers/{adv}/metrics?from={first}&to={first}&group_by=ad",

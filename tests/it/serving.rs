@@ -5,44 +5,17 @@
 
 use std::time::Duration;
 
-use admetrics_tests::{TestEnv, days_of, get_json};
+use admetrics_tests::{TestEnv, busiest_advertiser, days_of, get_json};
 use common::day::date_of;
 use common::event::DAY_MS;
 
-/// Replays a slice, runs the speed layer and the archiver until both hold everything.
+/// Replays a slice through the speed layer and the archiver, then starts the server.
 async fn pipeline_with_archive(env: &mut TestEnv, rows: usize) -> admetrics_tests::Replayed {
-    env.cfg.batch.archive_max_age = Duration::from_millis(500);
     env.cfg.serving.rate_limit_per_second = 10_000;
     env.cfg.serving.rate_limit_burst = 10_000;
-    let r = env.replay(rows).await;
-    env.spawn("speed", "speed-layer", &["run"]);
-    env.start_archiver();
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(180)).await {
-        panic!("{e}\n{}", env.log("speed"));
-    }
-    let dir = env.state_dir.join("archive");
-    let n = r.events.len() as i64;
-    admetrics_tests::wait_until(Duration::from_secs(120), "archive", || async {
-        admetrics_tests::archive::rows(&dir) >= n
-    })
-    .await;
+    let r = env.replay_through_pipeline(rows).await;
     env.start_server().await;
     r
-}
-
-/// The advertiser with clicks on the most days of the events (ties: most clicks).
-fn busiest_advertiser(events: &[common::event::Event<'_>]) -> i64 {
-    let mut days: std::collections::BTreeMap<i64, (std::collections::BTreeSet<i64>, usize)> =
-        Default::default();
-    for e in events {
-        let x = days.entry(e.advertiser_id).or_default();
-        x.0.insert(e.ts.div_euclid(DAY_MS));
-        x.1 += 1;
-    }
-    days.into_iter()
-        .max_by_key(|(_, (d, n))| (d.len(), *n))
-        .map(|(a, _)| a)
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,9 +596,11 @@ async fn probes_of_an_attacker_get_json_errors_and_bounded_connections() {
                     break;
                 }
                 let mut buf = [0_u8; 256];
-                match tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await {
-                    Ok(Ok(0) | Err(_)) => return started.elapsed(),
-                    Ok(Ok(_)) | Err(_) => {}
+                // Closed (0 bytes or an error) ends the probe; a timeout sends on.
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await
+                {
+                    return started.elapsed();
                 }
             }
             panic!(

@@ -468,6 +468,43 @@ impl TestEnv {
 }
 
 impl TestEnv {
+    /// Replays the first `rows` rows, runs the speed layer and the archiver (flushing
+    /// files after 500 ms) until both hold every event.
+    pub async fn replay_through_pipeline(&mut self, rows: usize) -> Replayed {
+        self.cfg.batch.archive_max_age = Duration::from_millis(500);
+        let r = self.replay(rows).await;
+        self.spawn("speed", "speed-layer", &["run"]);
+        self.start_archiver();
+        if let Err(e) = speed_layer::status::wait_settled(&self.cfg, Duration::from_secs(180)).await
+        {
+            panic!("{e}\n{}", self.log("speed"));
+        }
+        let dir = self.state_dir.join("archive");
+        let n = i64::try_from(r.events.len()).expect("event count");
+        wait_until(Duration::from_secs(120), "archive", || async {
+            archive::rows(&dir) >= n
+        })
+        .await;
+        r
+    }
+}
+
+/// The advertiser with clicks on the most days of `events` (ties: most events).
+pub fn busiest_advertiser(events: &[common::event::Event<'_>]) -> i64 {
+    let mut days: std::collections::BTreeMap<i64, (std::collections::BTreeSet<i64>, usize)> =
+        Default::default();
+    for e in events {
+        let x = days.entry(e.advertiser_id).or_default();
+        x.0.insert(e.ts.div_euclid(common::event::DAY_MS));
+        x.1 += 1;
+    }
+    days.into_iter()
+        .max_by_key(|(_, (d, n))| (d.len(), *n))
+        .map(|(a, _)| a)
+        .expect("events")
+}
+
+impl TestEnv {
     /// Starts a replay of the first `rows` rows of the data set paced at `speed` times
     /// event time, in the background (child `replay`), and returns the events it
     /// produces, rebuilt from the file with the same date shift.
