@@ -104,6 +104,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config, pool: mysql_async::Pool) -> anyhow::Result<()> {
+    // Bind first: a taken port fails the start before any poller runs.
+    let addr = common::telemetry::listen_addr("serving.listen", &cfg.serving.listen)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let prometheus = common::telemetry::install_prometheus()?;
     let conn = common::redis_conn::RedisConn::connect(&cfg.redis)
         .await
@@ -123,10 +128,6 @@ async fn serve(cfg: Config, pool: mysql_async::Pool) -> anyhow::Result<()> {
             cfg.serving.request_timeout,
         ))
         .layer(TraceLayer::new_for_http());
-    let addr = common::telemetry::listen_addr("serving.listen", &cfg.serving.listen)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "serving");
     serving_layer::server::serve(listener, router, cfg.serving.header_read_timeout, shutdown).await
 }

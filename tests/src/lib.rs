@@ -311,19 +311,49 @@ impl TestEnv {
 
     /// [`TestEnv::start_server`] as child `name` (a second server with another
     /// configuration: set `cfg.serving.listen` first).
+    ///
+    /// The port of `cfg.serving.listen` was free when the test picked it, but another
+    /// process may take it before the server binds it (seen once: another test's
+    /// metrics endpoint, whose 200s the test then read as this server's). The server
+    /// exits on a taken port; it is started again on a new free port, up to 3 times.
     pub async fn start_server_as(&mut self, name: &str) {
-        self.spawn(name, "serving-layer", &["serve"]);
-        let url = format!("{}/healthz", self.api_base());
-        wait_until(
-            Duration::from_secs(30),
-            "serving layer /healthz",
-            || async {
-                reqwest::get(&url)
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
-        )
-        .await;
+        for _ in 0..3 {
+            self.spawn(name, "serving-layer", &["serve"]);
+            let url = format!("{}/healthz", self.api_base());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if !self.running(name) {
+                    break;
+                }
+                // This server's own answer, not just any 200 on the port.
+                let ours = match reqwest::get(&url).await {
+                    Ok(r) if r.status().is_success() => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .is_ok_and(|b| b["status"] == "ok"),
+                    _ => false,
+                };
+                if ours && self.running(name) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out after 30s waiting for serving layer /healthz\n{}",
+                    self.log(name)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let log = self.log(name);
+            assert!(
+                log.contains("Address already in use"),
+                "the serving layer exited at start:\n{log}"
+            );
+            self.cfg.serving.listen = format!("127.0.0.1:{}", free_port());
+        }
+        panic!(
+            "the serving layer found its port taken 3 times:\n{}",
+            self.log(name)
+        );
     }
 
     /// Starts the batch layer's archiver (child `archiver`) with a metrics port of its
