@@ -409,6 +409,12 @@ pub struct SpeedConfig {
     /// most this long. Default 1 s.
     #[serde(with = "humantime_serde")]
     pub min_flush_interval: Duration,
+    /// Day counters and UV fire early: what a partition consumed is written at most
+    /// this long after it arrived, before its 10-second window closes (the series
+    /// buckets still wait for their window). Never below `min_flush_interval`.
+    /// Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub early_fire_interval: Duration,
     /// Capacity of each dimension cache (ads, advertisers, products). Default 100 000.
     pub dims_cache_capacity: u64,
     /// Time a cached dimension row lives. Default 5 min.
@@ -436,6 +442,7 @@ impl Default for SpeedConfig {
             idle_timeout: Duration::from_secs(3),
             dedup_horizon: Duration::from_secs(24 * 3_600),
             min_flush_interval: Duration::from_secs(1),
+            early_fire_interval: Duration::from_secs(1),
             dims_cache_capacity: 100_000,
             dims_cache_ttl: Duration::from_secs(300),
             metrics_listen: "127.0.0.1:9101".into(),

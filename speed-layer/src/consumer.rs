@@ -1,20 +1,29 @@
 //! The speed layer's Kafka consumer group: subscription to both input topics,
 //! rebalances that move partition state, and dispatch of messages to partition tasks.
 //!
-//! On assignment, the rebalance callback takes ownership of each partition number in
-//! Redis (new epoch) and assigns the partitions at the offsets stored there with the
-//! results, so consumption resumes exactly after the last flushed event. Kafka's own
-//! committed offsets are not used. On revocation, the partition's task stops without
-//! writing; whoever gets the partition next resumes from Redis.
+//! Kafka's committed offsets are not used: each partition's next offsets are stored in
+//! Redis with its results, and consumption resumes exactly after the last flushed event.
+//! The group uses the classic protocol with the eager `range` assignor (README,
+//! "Consumer group"): every rebalance revokes the whole assignment and hands out a
+//! complete new one, and both topics' partition N land on the same member.
+//!
+//! The rebalance callback (which librdkafka runs inside `recv`) does no I/O: on
+//! assignment it records the partitions and leaves them unassigned locally, so nothing
+//! is fetched from Kafka's committed offsets. The dispatcher then takes ownership of
+//! each partition in Redis (new epoch, stored offsets) with async calls and assigns the
+//! partitions at those offsets. A slow Redis thus delays this member's start, never the
+//! callback (which must return promptly, or librdkafka cannot serve the group). On
+//! revocation, the partition's task stops without writing; whoever gets the partition
+//! next resumes from Redis.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use backon::Retryable as _;
 use common::config::Config;
 use common::event::TopicKind;
-use common::redis_keys::Keys;
 use common::telemetry::CONSUMER_LAG;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
@@ -24,20 +33,22 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::partition::{self, Ended, Inbound, PartitionError, Shared};
-use crate::state::{self, Ownership};
+use crate::state::{self, Ownership, StateError};
 
-/// What the rebalance callback tells the dispatcher.
+/// A rebalance, as the callback records it for the dispatcher.
 #[derive(Debug)]
 enum Change {
-    Assigned(Ownership),
+    /// The group's complete new assignment: (topic, partition) pairs.
+    Assigned(Vec<(String, i32)>),
+    /// Partition numbers taken away.
     Revoked(Vec<i32>),
+    /// The callback could not leave the partitions unassigned.
     Failed(String),
 }
 
-/// Consumer context: owns the blocking Redis client the rebalance callback uses.
+/// Consumer context: the rebalance callback's queue of changes and the topic names for
+/// the lag statistics.
 pub struct SpeedContext {
-    redis: common::config::RedisConfig,
-    keys: Keys,
     traffic: String,
     effects: String,
     changes: Arc<Mutex<Vec<Change>>>,
@@ -68,14 +79,10 @@ impl ClientContext for SpeedContext {
     }
 }
 
-/// The partition numbers of a rebalance's list, once each: both topics' partition N
-/// are one unit of work (co-partitioned by user).
-fn partition_numbers(tpl: &TopicPartitionList) -> Vec<i32> {
-    let mut parts: Vec<i32> = tpl
-        .elements()
-        .iter()
-        .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
-        .collect();
+/// The partition numbers of a list, once each: both topics' partition N are one unit
+/// of work (co-partitioned by user).
+fn partition_numbers(parts: impl IntoIterator<Item = i32>) -> Vec<i32> {
+    let mut parts: Vec<i32> = parts.into_iter().collect();
     parts.sort_unstable();
     parts.dedup();
     parts
@@ -84,7 +91,7 @@ fn partition_numbers(tpl: &TopicPartitionList) -> Vec<i32> {
 impl ConsumerContext for SpeedContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let parts = partition_numbers(tpl);
+            let parts = partition_numbers(tpl.elements().iter().map(|e| e.partition()));
             tracing::info!(partitions = ?parts, "partitions revoked");
             self.push(Change::Revoked(parts));
         }
@@ -94,21 +101,19 @@ impl ConsumerContext for SpeedContext {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
-        let parts = partition_numbers(tpl);
-        match self.take_ownership(&parts, tpl) {
-            Ok((owned, positioned)) => {
-                // Re-assign at the offsets stored with the results in Redis.
-                if let Err(e) = consumer.assign(&positioned) {
-                    self.push(Change::Failed(format!("assign at stored offsets: {e}")));
-                    return;
-                }
-                tracing::info!(partitions = ?parts, "partitions assigned at offsets stored in Redis");
-                for own in owned {
-                    self.push(Change::Assigned(own));
-                }
-            }
-            Err(e) => self.push(Change::Failed(format!("taking ownership in Redis: {e}"))),
+        // librdkafka has just assigned the partitions at Kafka's committed offsets;
+        // undo that locally (no I/O: it only stops the fetchers) until the dispatcher
+        // has read the offsets stored in Redis.
+        if let Err(e) = consumer.assign(&TopicPartitionList::new()) {
+            self.push(Change::Failed(format!("deferring the assignment: {e}")));
+            return;
         }
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        self.push(Change::Assigned(parts));
     }
 }
 
@@ -119,36 +124,20 @@ impl SpeedContext {
             .unwrap_or_else(PoisonError::into_inner)
             .push(c);
     }
-
-    fn take_ownership(
-        &self,
-        parts: &[i32],
-        assigned: &TopicPartitionList,
-    ) -> Result<(Vec<Ownership>, TopicPartitionList), anyhow::Error> {
-        let mut conn = common::redis_conn::BlockingRedis::connect(&self.redis)?;
-        let mut owned = Vec::new();
-        let mut tpl = TopicPartitionList::new();
-        for &p in parts {
-            let own = state::acquire_blocking(&mut conn, &self.keys, p)?;
-            for (topic, kind) in [
-                (&self.traffic, TopicKind::Traffic),
-                (&self.effects, TopicKind::Effects),
-            ] {
-                if assigned.find_partition(topic, p).is_some() {
-                    let offset =
-                        own.next_offsets[kind.index()].map_or(Offset::Beginning, Offset::Offset);
-                    tpl.add_partition_offset(topic, p, offset)?;
-                }
-            }
-            owned.push(own);
-        }
-        Ok((owned, tpl))
-    }
 }
 
 struct Running {
     tx: mpsc::Sender<Inbound>,
     stop: CancellationToken,
+}
+
+/// The partitions this instance works on and their tasks.
+struct Dispatcher {
+    shared: Shared,
+    running: HashMap<i32, Running>,
+    tasks: JoinSet<(i32, Result<Ended, PartitionError>)>,
+    /// Cancelled at shutdown: every task flushes what it holds, then ends.
+    drain: CancellationToken,
 }
 
 /// Runs the speed layer until `shutdown` fires (then drains: every partition flushes
@@ -165,8 +154,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let changes = Arc::new(Mutex::new(Vec::new()));
     let ctx = SpeedContext {
-        redis: cfg.redis.clone(),
-        keys: shared.keys.clone(),
         traffic: cfg.kafka.traffic_topic.clone(),
         effects: cfg.kafka.effects_topic.clone(),
         changes: Arc::clone(&changes),
@@ -183,21 +170,26 @@ pub async fn run(
         .context("subscribing to the input topics")?;
     tracing::info!(group = %cfg.speed.group_id, brokers = %cfg.kafka.brokers, "speed layer consuming");
 
-    let drain = CancellationToken::new();
-    let mut running: HashMap<i32, Running> = HashMap::new();
-    let mut tasks: JoinSet<(i32, Result<Ended, PartitionError>)> = JoinSet::new();
+    let mut d = Dispatcher {
+        shared,
+        running: HashMap::new(),
+        tasks: JoinSet::new(),
+        drain: CancellationToken::new(),
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let result: anyhow::Result<()> = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
             msg = consumer.recv() => {
-                if let Err(e) = apply_changes(&changes, &shared, &mut running, &mut tasks, &drain, cfg.speed.partition_queue) {
+                // A rebalance happens inside `recv`: apply it before the message, which
+                // may be the first of a newly assigned partition.
+                if let Err(e) = d.apply_changes(&changes, &consumer).await {
                     break Err(e);
                 }
                 match msg {
                     Ok(m) => {
                         let Some(topic) = cfg.kafka.topic_kind(m.topic()) else { continue };
-                        if let Some(r) = running.get(&m.partition()) {
+                        if let Some(r) = d.running.get(&m.partition()) {
                             let inbound = Inbound {
                                 topic,
                                 offset: m.offset(),
@@ -212,15 +204,15 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                if let Err(e) = apply_changes(&changes, &shared, &mut running, &mut tasks, &drain, cfg.speed.partition_queue) {
+                if let Err(e) = d.apply_changes(&changes, &consumer).await {
                     break Err(e);
                 }
             }
-            Some(done) = tasks.join_next() => {
+            Some(done) = d.tasks.join_next() => {
                 match done {
                     Ok((p, Ok(ended))) => {
                         tracing::info!(partition = p, ?ended, "partition task ended");
-                        if ended == Ended::Fenced { running.remove(&p); }
+                        if ended == Ended::Fenced { d.running.remove(&p); }
                     }
                     Ok((p, Err(e))) => break Err(anyhow::anyhow!(e).context(format!("partition {p}"))),
                     Err(e) => break Err(anyhow::anyhow!("partition task panicked: {e}")),
@@ -228,60 +220,121 @@ pub async fn run(
             }
         }
     };
-    // Drain: every running partition closes its windows and writes them with offsets.
-    drain.cancel();
-    let deadline = tokio::time::sleep(cfg.speed.shutdown_timeout);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            () = &mut deadline => {
-                tracing::error!("shutdown timeout: some partitions did not flush; they resume from their last flush");
-                tasks.abort_all();
-                break;
-            }
-            done = tasks.join_next() => match done {
-                None => break,
-                Some(Ok((p, Ok(ended)))) => tracing::info!(partition = p, ?ended, "partition drained"),
-                Some(Ok((p, Err(e)))) => tracing::error!(partition = p, error = %e, "partition failed while draining"),
-                Some(Err(e)) => tracing::error!(error = %e, "partition task panicked while draining"),
-            }
-        }
-    }
+    d.drain(cfg.speed.shutdown_timeout).await;
     consumer.unsubscribe();
     result
 }
 
-fn apply_changes(
-    changes: &Mutex<Vec<Change>>,
-    shared: &Shared,
-    running: &mut HashMap<i32, Running>,
-    tasks: &mut JoinSet<(i32, Result<Ended, PartitionError>)>,
-    drain: &CancellationToken,
-    queue: usize,
-) -> anyhow::Result<()> {
-    let pending = std::mem::take(&mut *changes.lock().unwrap_or_else(PoisonError::into_inner));
-    for c in pending {
-        match c {
-            Change::Revoked(parts) => {
-                for p in parts {
-                    if let Some(r) = running.remove(&p) {
-                        r.stop.cancel();
+impl Dispatcher {
+    /// Applies the rebalances recorded since the last call, in order.
+    async fn apply_changes(
+        &mut self,
+        changes: &Mutex<Vec<Change>>,
+        consumer: &StreamConsumer<SpeedContext>,
+    ) -> anyhow::Result<()> {
+        let pending = std::mem::take(&mut *changes.lock().unwrap_or_else(PoisonError::into_inner));
+        let last_revoke = pending
+            .iter()
+            .rposition(|c| matches!(c, Change::Revoked(_)));
+        for (i, c) in pending.into_iter().enumerate() {
+            match c {
+                Change::Revoked(parts) => {
+                    for p in parts {
+                        if let Some(r) = self.running.remove(&p) {
+                            r.stop.cancel();
+                        }
                     }
                 }
+                // Revoked again before it was applied: nothing to start.
+                Change::Assigned(_) if last_revoke.is_some_and(|r| r > i) => {}
+                Change::Assigned(parts) => self.assign(parts, consumer).await?,
+                Change::Failed(why) => anyhow::bail!("rebalance failed: {why}"),
             }
-            Change::Assigned(own) => {
-                let p = own.partition;
-                if let Some(old) = running.remove(&p) {
-                    old.stop.cancel();
+        }
+        Ok(())
+    }
+
+    /// Takes ownership of the assigned partitions in Redis, assigns them locally at the
+    /// offsets stored there (the beginning when none are), and starts their tasks.
+    async fn assign(
+        &mut self,
+        parts: Vec<(String, i32)>,
+        consumer: &StreamConsumer<SpeedContext>,
+    ) -> anyhow::Result<()> {
+        let numbers = partition_numbers(parts.iter().map(|(_, p)| *p));
+        let mut owned = Vec::with_capacity(numbers.len());
+        for &p in &numbers {
+            let acquire = || {
+                let mut conn = self.shared.redis.clone();
+                let keys = self.shared.keys.clone();
+                async move { state::acquire(&mut conn, &keys, p).await }
+            };
+            let own = acquire
+                .retry(partition::backoff().with_max_times(10))
+                .when(StateError::is_retriable)
+                .notify(|e, d| tracing::warn!(partition = p, error = %e, retry_in = ?d, "taking ownership failed; retrying"))
+                .await
+                .with_context(|| format!("taking ownership of partition {p} in Redis"))?;
+            owned.push(own);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in &parts {
+            let Some(kind) = self.shared.cfg.kafka.topic_kind(topic) else {
+                continue;
+            };
+            let own = owned
+                .iter()
+                .find(|o| o.partition == *p)
+                .expect("every assigned partition was acquired");
+            let offset = own.next_offsets[kind.index()].map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, *p, offset)
+                .context("assignment list")?;
+        }
+        // Eager protocol: `parts` is the complete assignment, so it replaces the (empty)
+        // local one.
+        consumer
+            .assign(&tpl)
+            .context("assigning partitions at the offsets stored in Redis")?;
+        tracing::info!(partitions = ?numbers, "partitions assigned at offsets stored in Redis");
+        for own in owned {
+            self.start(own);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, own: Ownership) {
+        let p = own.partition;
+        if let Some(old) = self.running.remove(&p) {
+            old.stop.cancel();
+        }
+        let (tx, rx) = mpsc::channel(self.shared.cfg.speed.partition_queue);
+        let stop = CancellationToken::new();
+        let (s, st, dr) = (self.shared.clone(), stop.clone(), self.drain.clone());
+        self.tasks
+            .spawn(async move { (p, partition::run(s, own, rx, st, dr).await) });
+        self.running.insert(p, Running { tx, stop });
+    }
+
+    /// Shutdown: every running partition closes its windows and writes them with their
+    /// offsets, within `timeout` (after it, the rest resume from their last flush).
+    async fn drain(mut self, timeout: Duration) {
+        self.drain.cancel();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => {
+                    tracing::error!("shutdown timeout: some partitions did not flush; they resume from their last flush");
+                    self.tasks.abort_all();
+                    break;
                 }
-                let (tx, rx) = mpsc::channel(queue);
-                let stop = CancellationToken::new();
-                let (s, st, dr) = (shared.clone(), stop.clone(), drain.clone());
-                tasks.spawn(async move { (p, partition::run(s, own, rx, st, dr).await) });
-                running.insert(p, Running { tx, stop });
+                done = self.tasks.join_next() => match done {
+                    None => break,
+                    Some(Ok((p, Ok(ended)))) => tracing::info!(partition = p, ?ended, "partition drained"),
+                    Some(Ok((p, Err(e)))) => tracing::error!(partition = p, error = %e, "partition failed while draining"),
+                    Some(Err(e)) => tracing::error!(error = %e, "partition task panicked while draining"),
+                }
             }
-            Change::Failed(why) => anyhow::bail!("rebalance failed: {why}"),
         }
     }
-    Ok(())
 }

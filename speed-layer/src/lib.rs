@@ -11,10 +11,11 @@
 //! # Guarantees and how they hold
 //!
 //! - **Exactly-once counts and sums in Redis.** Each flush of partition `p` writes the
-//!   closed windows' deltas, the consumed offsets of both topics, and the changes of
-//!   the attribution and dedup state in one Lua script, which Redis applies (and
-//!   writes to its AOF) as one unit. On assignment the consumer seeks to the offsets
-//!   stored there. Whatever is killed when, an event is either in Redis with its
+//!   day counters' deltas since the last flush (early firing, every
+//!   `speed.early_fire_interval`), the closed windows' series buckets, the consumed
+//!   offsets of both topics, and the changes of the attribution and dedup state in one
+//!   Lua script, which Redis applies (and writes to its AOF) as one unit. On
+//!   assignment the consumer starts at the offsets stored there. Whatever is killed when, an event is either in Redis with its
 //!   offset, or neither.
 //! - **No zombie writes.** A new owner of a partition increments the partition's epoch;
 //!   the flush script refuses to run for an older epoch.
@@ -28,6 +29,7 @@
 //!
 //! # Layout
 //!
+//! - [`service`]: the whole speed layer as one call (what `speed-layer run` runs).
 //! - [`pipeline`]: the pure core ([`pipeline::processor::Processor`]).
 //! - [`dims`]: MySQL dimensions behind bounded TTL caches.
 //! - [`state`]: loading and flushing a partition's state in Redis.
@@ -51,5 +53,6 @@ pub mod dlq_admin;
 pub mod partition;
 pub mod pipeline;
 pub mod replay;
+pub mod service;
 pub mod state;
 pub mod status;

@@ -6,13 +6,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use common::config::Config;
-use common::redis_keys::Keys;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use speed_layer::clickhouse_sink;
-use speed_layer::dims::DimCache;
-use speed_layer::partition::Shared;
 use speed_layer::replay::{self, ReplayOptions, Shift};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -125,19 +121,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50_000)]
         flush_every: usize,
     },
-    /// Throughput and freshness producer -> Kafka -> speed layer -> Redis, against a
-    /// running `speed-layer run` with the same configuration.
+    /// Throughput producer -> Kafka -> speed layer -> Redis next to a bare consumer on
+    /// the same topic, and freshness at fixed rates; in a namespace of its own.
     E2e {
         /// The data set (its busiest advertiser's users and ads are used).
-        #[arg(long)]
+        #[arg(long, default_value = "../shared/data/talkingdata_train_sample.csv")]
         data: PathBuf,
-        /// Clicks to produce.
-        #[arg(long, default_value_t = 100_000)]
+        /// Clicks of the throughput phase.
+        #[arg(long, default_value_t = 2_000_000)]
         events: usize,
-        /// Clicks per second; 0 = as fast as possible.
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Longest wait for every click to show up in Redis, seconds.
+        /// Fixed rates of the freshness phases, clicks per second (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "2000,20000")]
+        rates: Vec<u64>,
+        /// Seconds each freshness phase produces.
+        #[arg(long, default_value_t = 30)]
+        rate_seconds: u64,
+        /// Longest wait for the clicks of a phase to show up in Redis, seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
@@ -269,18 +268,19 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
                 BenchCommand::E2e {
                     data,
                     events,
-                    rate,
+                    rates,
+                    rate_seconds,
                     timeout,
                 },
         } => {
-            let figures = speed_layer::bench_e2e::run(
-                &cfg,
-                &data,
+            let opts = speed_layer::bench_e2e::E2eOptions {
+                data,
                 events,
-                rate,
-                std::time::Duration::from_secs(timeout),
-            )
-            .await?;
+                rates,
+                rate_duration: std::time::Duration::from_secs(rate_seconds),
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let figures = speed_layer::bench_e2e::run(&cfg, &opts).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
@@ -301,41 +301,5 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         .with_http_listener(addr)
         .install()
         .context("prometheus exporter")?;
-    let shutdown = common::shutdown::on_signal();
-    let pool = common::db::pool(&cfg.mysql)?;
-    let dims = DimCache::new(
-        pool.clone(),
-        cfg.speed.dims_cache_capacity,
-        cfg.speed.dims_cache_ttl,
-    );
-    let redis = common::redis_conn::RedisConn::connect(&cfg.redis)
-        .await
-        .context("connecting to Redis (redis.url / redis.cluster_nodes)")?;
-    let producer = common::kafka::producer_config(&cfg.kafka)
-        .create()
-        .context("kafka producer")?;
-    let sink_stop = CancellationToken::new();
-    let (sink, mut sink_tasks) = if cfg.clickhouse.enabled {
-        clickhouse_sink::migrate(&cfg.clickhouse)
-            .await
-            .context("ClickHouse schema (set clickhouse.enabled = false to run without)")?;
-        let (h, set) = clickhouse_sink::start(&cfg.clickhouse, &cfg.state_dir, &sink_stop).await?;
-        (Some(h), set)
-    } else {
-        (None, tokio::task::JoinSet::new())
-    };
-    let shared = Shared {
-        cfg: Arc::clone(&cfg),
-        keys: Keys::new(&cfg.redis.key_prefix),
-        redis,
-        dims,
-        producer,
-        sink,
-    };
-    let result = speed_layer::consumer::run(Arc::clone(&cfg), shared, shutdown).await;
-    // Partitions have drained; let the sink seal and insert its last batch.
-    sink_stop.cancel();
-    while sink_tasks.join_next().await.is_some() {}
-    pool.disconnect().await.ok();
-    result
+    speed_layer::service::run(cfg, common::shutdown::on_signal()).await
 }

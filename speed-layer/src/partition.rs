@@ -178,7 +178,8 @@ pub async fn run(
     .await
 }
 
-fn backoff() -> ExponentialBuilder {
+/// Retry schedule for Redis calls: 100 ms doubling to 5 s, jittered, without end.
+pub(crate) fn backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))
@@ -290,8 +291,11 @@ impl Task {
             }
         }
         let since = self.last_flush.elapsed();
+        // A closed window is written within `min_flush_interval`; the day counters of
+        // what arrived since the last flush within `early_fire_interval` (early
+        // firing), whether or not a window closed.
         let due = (self.proc.has_closed_windows() && since >= cfg.min_flush_interval)
-            || (self.unflushed > 0 && since >= cfg.min_flush_interval * 10);
+            || (self.unflushed > 0 && since >= cfg.early_fire_interval.max(cfg.min_flush_interval));
         if due { self.flush(false).await } else { Ok(()) }
     }
 

@@ -108,25 +108,8 @@ fn parse_ownership(partition: i32, epoch: i64, off: &BTreeMap<String, i64>) -> O
     }
 }
 
-/// Takes ownership of `partition` (blocking client; used in the rebalance callback,
-/// which must decide the start offsets before it returns).
-///
-/// # Errors
-///
-/// [`StateError::Redis`] when Redis does not answer.
-pub fn acquire_blocking(
-    conn: &mut impl redis::ConnectionLike,
-    keys: &Keys,
-    partition: i32,
-) -> Result<Ownership, StateError> {
-    let epoch: i64 = redis::cmd("INCR").arg(keys.epoch(partition)).query(conn)?;
-    let off: BTreeMap<String, i64> = redis::cmd("HGETALL")
-        .arg(keys.offsets(partition))
-        .query(conn)?;
-    Ok(parse_ownership(partition, epoch, &off))
-}
-
-/// Async variant of [`acquire_blocking`].
+/// Takes ownership of `partition`: a new epoch (the fencing token every later flush
+/// checks) and the offsets and flush sequence number stored with the results.
 ///
 /// # Errors
 ///
@@ -305,7 +288,8 @@ fn num(v: impl ToString) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-/// Sums closed windows into per advertiser-day writes.
+/// Sums a flush into per advertiser-day writes: the day deltas into day counters and
+/// UV, the closed windows into series buckets.
 #[derive(Default)]
 struct Totals {
     /// (advertiser, day) -> ad -> counters.
@@ -318,26 +302,27 @@ struct Totals {
 
 fn totals(flush: &Flush) -> Totals {
     let mut t = Totals::default();
+    for (k, c) in &flush.days.counters {
+        *t.by_ad
+            .entry((k.advertiser_id, k.day))
+            .or_default()
+            .entry(k.ad_id)
+            .or_default() += c;
+    }
     for (start, w) in &flush.closed {
         for (k, c) in &w.counters {
-            *t.by_ad
-                .entry((k.advertiser_id, k.day))
-                .or_default()
-                .entry(k.ad_id)
-                .or_default() += c;
             *t.series
                 .entry((k.advertiser_id, k.day))
                 .or_default()
                 .entry(*start)
                 .or_default() += c;
         }
-        for u in &w.users {
-            t.users.entry((u.scope, u.day)).or_default().push(u.user);
-        }
+    }
+    for u in &flush.days.users {
+        t.users.entry((u.scope, u.day)).or_default().push(u.user);
     }
     for users in t.users.values_mut() {
         users.sort_unstable();
-        users.dedup();
     }
     t
 }
@@ -498,10 +483,10 @@ pub async fn write_flush<C: ConnectionLike + Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::windows::{AdDay, UvEntry, Window};
+    use crate::pipeline::windows::{AdDay, DayDeltas, UvEntry, Window};
 
     #[test]
-    fn one_flush_touches_one_hash_slot_and_sums_windows() {
+    fn one_flush_touches_one_hash_slot_and_writes_days_and_series() {
         let keys = Keys::new("am");
         let own = Ownership {
             partition: 5,
@@ -509,25 +494,28 @@ mod tests {
             flush_seq: 7,
             next_offsets: [Some(10), None],
         };
-        let mut w1 = Window::default();
+        let key = AdDay {
+            advertiser_id: 1,
+            ad_id: 11,
+            day: 20_000,
+        };
         let mut c = Counters::ZERO;
         c[Measure::Clicks] = 2;
-        w1.counters.insert(
-            AdDay {
-                advertiser_id: 1,
-                ad_id: 11,
-                day: 20_000,
-            },
-            c,
-        );
-        w1.users.insert(UvEntry {
+        let mut w = Window::default();
+        w.counters.insert(key, c);
+        // Two windows of 2 clicks closed; the day deltas hold 3 clicks (one more in a
+        // window still open) and one user.
+        let mut days = DayDeltas::default();
+        c[Measure::Clicks] = 3;
+        days.counters.insert(key, c);
+        days.users.insert(UvEntry {
             scope: UvScope::Ad(11),
             day: 20_000,
             user: 42,
         });
-        let w2 = w1.clone();
         let flush = Flush {
-            closed: vec![(0, w1), (10_000, w2)],
+            days,
+            closed: vec![(0, w.clone()), (10_000, w)],
             next_offsets: [Some(10), Some(4)],
             ..Flush::default()
         };
@@ -552,18 +540,26 @@ mod tests {
             .iter()
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let pos = args.iter().position(|a| a == "11:clicks").unwrap();
+        let after = |field: &str| {
+            let pos = args
+                .iter()
+                .position(|a| a == field)
+                .unwrap_or_else(|| panic!("{field} written"));
+            args[pos + 1].clone()
+        };
         assert_eq!(
-            args[pos + 1],
-            "4",
-            "two windows' clicks summed into one HINCRBY"
+            after("11:clicks"),
+            "3",
+            "the day counter gets the day deltas"
         );
+        assert_eq!(
+            after("0:clicks"),
+            "2",
+            "each closed window its series bucket"
+        );
+        assert_eq!(after("10000:clicks"), "2");
         assert_eq!(&args[..3], &["3", "7", "8"]);
         let pfadd = args.iter().position(|a| a == "PFADD").unwrap();
-        assert_eq!(
-            args[pfadd + 2],
-            "1",
-            "the same user in two windows is added once"
-        );
+        assert_eq!(args[pfadd + 2], "1", "one user added");
     }
 }

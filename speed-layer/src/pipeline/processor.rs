@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::clicks::{ClickIndex, StoredClick};
 use super::dedup::Dedup;
 use super::detail::DetailRow;
-use super::windows::{AdDay, UvEntry, Window, Windows};
+use super::windows::{AdDay, DayDeltas, UvEntry, Window, Windows};
 
 /// Parameters of a processor (from `[speed]` and `[attribution]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,9 @@ pub struct Snapshot {
 /// Everything one flush writes, atomically with the offsets.
 #[derive(Debug, Default)]
 pub struct Flush {
-    /// Closed windows (start ms, contents).
+    /// What the day counters and UV gained since the last flush (early firing).
+    pub days: DayDeltas,
+    /// Closed windows (start ms, contents), for the 10-second series.
     pub closed: Vec<(i64, Window)>,
     /// Next offset to consume per topic (traffic, effects); `None` if nothing consumed.
     pub next_offsets: [Option<i64>; 2],
@@ -204,7 +206,7 @@ impl Processor {
     ) -> Self {
         let mut p = Processor::new(cfg);
         if let Some(s) = snapshot {
-            p.windows = s.windows;
+            p.windows = s.windows.restored();
             p.max_ts = s.max_ts;
         }
         for c in clicks {
@@ -292,21 +294,18 @@ impl Processor {
         let user = id_hash(&e.user_id);
         let product_id = e.product_id.unwrap_or_default();
         if let Some(ad) = ad {
-            let w = self.windows.window_mut(e.ts);
-            w.counters
-                .entry(AdDay {
-                    advertiser_id: ad.advertiser_id,
-                    ad_id: ad.ad_id,
-                    day,
-                })
-                .or_default()
-                .add_traffic(e);
+            let key = AdDay {
+                advertiser_id: ad.advertiser_id,
+                ad_id: ad.ad_id,
+                day,
+            };
+            self.windows.add(e.ts, key, |c| c.add_traffic(e));
             for scope in [
                 UvScope::Ad(ad.ad_id),
                 UvScope::Campaign(ad.campaign_id),
                 UvScope::Advertiser(ad.advertiser_id),
             ] {
-                w.users.insert(UvEntry { scope, day, user });
+                self.windows.add_user(UvEntry { scope, day, user });
             }
             if e.kind == EventKind::Click {
                 let click = ClickRef {
@@ -458,16 +457,13 @@ impl Processor {
         let e = &p.event;
         let ad_id = a.click.map_or(UNATTRIBUTED_AD, |c| c.ad_id);
         self.stats.attributed[a.kind.offset()] += 1;
+        let key = AdDay {
+            advertiser_id: e.advertiser_id,
+            ad_id,
+            day: p.day,
+        };
         self.windows
-            .window_mut(e.ts)
-            .counters
-            .entry(AdDay {
-                advertiser_id: e.advertiser_id,
-                ad_id,
-                day: p.day,
-            })
-            .or_default()
-            .add_effect(e.kind, e.gmv(), a.kind);
+            .add(e.ts, key, |c| c.add_effect(e.kind, e.gmv(), a.kind));
         if self.cfg.detail_rows {
             let campaign = a.click.map_or(0, |c| c.campaign_id);
             let row = self.detail_row(e, p.seq, p.day, (campaign, ad_id, p.category_id), Some(a));
@@ -528,6 +524,7 @@ impl Processor {
             self.dedup.expire(newest);
         }
         Flush {
+            days: self.windows.take_day_deltas(),
             closed,
             next_offsets: self.next_offsets,
             new_clicks: self.clicks.take_added(),
@@ -641,16 +638,29 @@ mod tests {
         }
     }
 
+    /// Day totals per (ad, day) as the flushes wrote them; asserts that the closed
+    /// windows (the series) agree with them once every window has closed.
     fn totals(flushes: &[Flush]) -> std::collections::BTreeMap<(i64, DayNum), Counters> {
-        let mut out = std::collections::BTreeMap::new();
+        let mut days = std::collections::BTreeMap::new();
+        let mut series = std::collections::BTreeMap::new();
         for f in flushes {
+            for (k, c) in &f.days.counters {
+                *days.entry((k.ad_id, k.day)).or_insert(Counters::ZERO) += c;
+            }
             for (_, w) in &f.closed {
                 for (k, c) in &w.counters {
-                    *out.entry((k.ad_id, k.day)).or_insert(Counters::ZERO) += c;
+                    *series.entry((k.ad_id, k.day)).or_insert(Counters::ZERO) += c;
                 }
             }
         }
-        out
+        if flushes
+            .last()
+            .and_then(|f| f.snapshot.as_ref())
+            .is_some_and(|s| s.windows.open_count() == 0)
+        {
+            assert_eq!(series, days, "closed windows sum to the day counters");
+        }
+        days
     }
 
     #[test]

@@ -1,11 +1,17 @@
-//! Event-time tumbling windows (default 10 s) holding additive counters per
-//! (advertiser, ad, day) and the users seen per UV scope.
+//! Event-time tumbling windows (default 10 s) for the 10-second series, and the day
+//! counters, which fire early.
 //!
 //! A window `[start, start + len)` closes when the partition's watermark passes its
-//! end; its contents are then handed to the flush. An event whose window already
+//! end; its counters then go to the series buckets. An event whose window already
 //! closed is *late*: it reopens its window, which closes again at the next flush, so
 //! late events still count toward their own day and series bucket (the design brief:
 //! "Late events (after their window closed) still count toward their day").
+//!
+//! Day counters and UV do not wait for the window: every event also goes to
+//! [`DayDeltas`], which every flush takes whole (an early-firing trigger on processing
+//! time, as Flink's, with the same exactly-once write: the deltas, the series of closed
+//! windows and the offsets go in one atomic script). The deltas are empty after each
+//! flush, so the snapshot of open windows never needs them.
 
 use std::collections::BTreeMap;
 
@@ -37,24 +43,53 @@ pub struct UvEntry {
     pub user: u64,
 }
 
-/// One window's contents.
+/// One window's contents: the counters its series bucket gets when it closes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Window {
     /// Counters per (advertiser, ad, day).
     #[serde(with = "map_as_vec")]
     pub counters: FxHashMap<AdDay, Counters>,
-    /// Distinct (scope, day, user) seen in the window.
-    #[serde(with = "set_as_vec")]
+    /// Users of a snapshot written before day counters fired early (they were counted
+    /// when the window closed); moved to the day deltas on restore, never written.
+    #[serde(
+        rename = "users",
+        deserialize_with = "set_from_vec",
+        default,
+        skip_serializing
+    )]
+    legacy_users: FxHashSet<UvEntry>,
+}
+
+/// What the day counters and UV gained since the last flush.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DayDeltas {
+    /// Counter deltas per (advertiser, ad, day).
+    pub counters: FxHashMap<AdDay, Counters>,
+    /// Distinct (scope, day, user) seen.
     pub users: FxHashSet<UvEntry>,
 }
 
-/// The open windows of one partition, by start (ms UTC).
+impl DayDeltas {
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty() && self.users.is_empty()
+    }
+}
+
+/// The open windows of one partition, by start (ms UTC), and the day deltas.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Windows {
     len_ms: i64,
     open: BTreeMap<i64, Window>,
     /// End of the newest window ever closed: events before it are late.
     closed_through: i64,
+    /// False in a snapshot written before day counters fired early: its open windows'
+    /// counters had not reached the day counters yet (see [`Windows::restored`]).
+    #[serde(default)]
+    early_day_counters: bool,
+    /// Taken whole by every flush, so a snapshot (taken at a flush) never holds any.
+    #[serde(skip)]
+    days: DayDeltas,
 }
 
 impl Windows {
@@ -64,7 +99,26 @@ impl Windows {
             len_ms,
             open: BTreeMap::new(),
             closed_through: i64::MIN,
+            early_day_counters: true,
+            days: DayDeltas::default(),
         }
+    }
+
+    /// Brings a restored snapshot up to date: the open windows of a snapshot written
+    /// before day counters fired early still owe their counters and users to the day
+    /// counters, which the next flush then writes.
+    #[must_use]
+    pub fn restored(mut self) -> Self {
+        if !self.early_day_counters {
+            for w in self.open.values_mut() {
+                for (k, c) in &w.counters {
+                    *self.days.counters.entry(*k).or_default() += c;
+                }
+                self.days.users.extend(w.legacy_users.drain());
+            }
+            self.early_day_counters = true;
+        }
+        self
     }
 
     /// Start of the window holding `ts`.
@@ -82,10 +136,28 @@ impl Windows {
         self.start_of(ts) < self.closed_through
     }
 
-    /// The window holding `ts`, created if needed.
-    pub fn window_mut(&mut self, ts: i64) -> &mut Window {
+    /// Applies `add` to the counters of `key` in the window holding `ts` (created if
+    /// needed) and in the day deltas.
+    pub fn add(&mut self, ts: i64, key: AdDay, add: impl Fn(&mut Counters)) {
         let start = self.start_of(ts);
-        self.open.entry(start).or_default()
+        add(self
+            .open
+            .entry(start)
+            .or_default()
+            .counters
+            .entry(key)
+            .or_default());
+        add(self.days.counters.entry(key).or_default());
+    }
+
+    /// Records a user seen in a UV scope on a day.
+    pub fn add_user(&mut self, user: UvEntry) {
+        self.days.users.insert(user);
+    }
+
+    /// Takes what the day counters gained since the last call.
+    pub fn take_day_deltas(&mut self) -> DayDeltas {
+        std::mem::take(&mut self.days)
     }
 
     /// Removes and returns every window whose end is at or before `watermark`.
@@ -145,26 +217,12 @@ mod map_as_vec {
     }
 }
 
-mod set_as_vec {
-    use std::hash::Hash;
-
-    use rustc_hash::FxHashSet;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub(super) fn serialize<K: Serialize, S: Serializer>(
-        m: &FxHashSet<K>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(m.iter())
-    }
-
-    pub(super) fn deserialize<'de, K, D>(d: D) -> Result<FxHashSet<K>, D::Error>
-    where
-        K: Deserialize<'de> + Eq + Hash,
-        D: Deserializer<'de>,
-    {
-        Ok(Vec::<K>::deserialize(d)?.into_iter().collect())
-    }
+fn set_from_vec<'de, K, D>(d: D) -> Result<FxHashSet<K>, D::Error>
+where
+    K: Deserialize<'de> + Eq + std::hash::Hash,
+    D: serde::Deserializer<'de>,
+{
+    Ok(Vec::<K>::deserialize(d)?.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -174,15 +232,15 @@ mod tests {
     #[test]
     fn windows_close_when_the_watermark_passes_their_end() {
         let mut w = Windows::new(10_000);
-        w.window_mut(1_000);
-        w.window_mut(12_000);
+        w.add(1_000, KEY, |c| c.0[0] += 1);
+        w.add(12_000, KEY, |c| c.0[0] += 1);
         assert!(w.close_through(9_999).is_empty());
         let closed = w.close_through(10_000);
         assert_eq!(closed.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0]);
         assert!(w.is_late(5_000));
         assert!(!w.is_late(12_000));
         // A late event reopens its window; it closes at the next flush.
-        w.window_mut(5_000);
+        w.add(5_000, KEY, |c| c.0[0] += 1);
         let closed = w.close_through(10_500);
         assert_eq!(closed.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![0]);
         assert_eq!(w.open_count(), 1);
@@ -196,25 +254,60 @@ mod tests {
         assert!(!w.is_late(30_000));
     }
 
+    const KEY: AdDay = AdDay {
+        advertiser_id: 1,
+        ad_id: 2,
+        day: 3,
+    };
+    const USER: UvEntry = UvEntry {
+        scope: UvScope::Ad(2),
+        day: 3,
+        user: 99,
+    };
+
     #[test]
-    fn snapshot_round_trips() {
+    fn day_deltas_fire_before_the_window_closes_and_only_once() {
         let mut w = Windows::new(10_000);
-        let win = w.window_mut(1_000);
-        win.counters
-            .entry(AdDay {
-                advertiser_id: 1,
-                ad_id: 2,
-                day: 3,
-            })
-            .or_default()
-            .0[0] = 7;
-        win.users.insert(UvEntry {
-            scope: UvScope::Ad(2),
-            day: 3,
-            user: 99,
-        });
+        w.add(1_000, KEY, |c| c.0[0] += 7);
+        w.add_user(USER);
+        let early = w.take_day_deltas();
+        assert_eq!(early.counters[&KEY].0[0], 7);
+        assert!(early.users.contains(&USER));
+        assert!(w.take_day_deltas().is_empty(), "taken once");
+        // The window still holds the event for its series bucket.
+        let closed = w.close_through(10_000);
+        assert_eq!(closed[0].1.counters[&KEY].0[0], 7);
+        assert!(
+            w.take_day_deltas().is_empty(),
+            "closing adds nothing to the days"
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trips_without_day_deltas() {
+        let mut w = Windows::new(10_000);
+        w.add(1_000, KEY, |c| c.0[0] = 7);
+        w.add_user(USER);
+        let _ = w.take_day_deltas();
         let json = serde_json::to_string(&w).unwrap();
-        let back: Windows = serde_json::from_str(&json).unwrap();
+        let back: Windows = serde_json::from_str::<Windows>(&json).unwrap().restored();
         assert_eq!(back, w);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_early_firing_owes_its_windows_to_the_days() {
+        // As the previous version wrote it: windows with their users, no
+        // `early_day_counters` (its day counters were written when windows closed).
+        let mut old = Windows::new(10_000);
+        old.add(1_000, KEY, |c| c.0[0] = 7);
+        let mut json = serde_json::to_value(&old).unwrap();
+        json.as_object_mut().unwrap().remove("early_day_counters");
+        json["open"]["0"]["users"] = serde_json::to_value([USER]).unwrap();
+        let json = json.to_string();
+        let mut w = serde_json::from_str::<Windows>(json).unwrap().restored();
+        let owed = w.take_day_deltas();
+        assert_eq!(owed.counters[&KEY].0[0], 7);
+        assert!(owed.users.contains(&USER));
+        assert_eq!(w.close_through(10_000)[0].1.counters[&KEY].0[0], 7);
     }
 }
