@@ -18,7 +18,8 @@
 //! | `am:{am:p3}:open` | string | snapshot of windows not yet closed, and the watermarks |
 //! | `am:{am:p3}:clk:<YYYY-MM-DD>` | list | clicks (attribution state), one JSON batch per flush, by click day (UTC) |
 //! | `am:{am:p3}:pend` | hash | effects waiting for their click: field = offset, value = JSON |
-//! | `am:{am:p3}:seen:<hour>` | set | 8-byte hashes of `event_id`s seen, by event hour (dedup state) |
+//! | `am:{am:p3}:ids:<hour>` | list | `event_id`s seen, by event hour (dedup state): one blob per flush, the 8-byte little-endian hashes of its new ids end to end |
+//! | `am:{am:p3}:seen:<hour>` | set | the same as one member per id, as versions before the `ids` lists wrote it; read on load, no longer written |
 //!
 //! Dates in keys are the advertiser's local day. Measures are the names of
 //! [`crate::counters::Measure`].
@@ -127,7 +128,14 @@ impl Keys {
         format!("{}:pend", self.base(partition))
     }
 
-    /// Dedup set of one event hour (hours since the Unix epoch).
+    /// Dedup ids of one event hour (hours since the Unix epoch): a list of blobs of
+    /// 8-byte hashes, one blob per flush.
+    pub fn seen_ids(&self, partition: i32, hour: i64) -> String {
+        format!("{}:ids:{hour}", self.base(partition))
+    }
+
+    /// Dedup set of one event hour as earlier versions wrote it (one member per id);
+    /// read on load, no longer written.
     pub fn seen(&self, partition: i32, hour: i64) -> String {
         format!("{}:seen:{hour}", self.base(partition))
     }
@@ -162,6 +170,7 @@ mod tests {
             k.clicks(3, 20_000),
             k.pending(3),
             k.seen(3, 480_000),
+            k.seen_ids(3, 480_000),
         ];
         for key in &keys {
             let tag = &key[key.find('{').unwrap() + 1..key.find('}').unwrap()];

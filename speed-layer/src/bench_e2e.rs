@@ -2,7 +2,7 @@
 //! Kafka -> speed layer -> Redis, next to a bare rdkafka consumer on the same topic.
 //!
 //! The run works in a namespace of its own (topics, Redis key prefix, consumer groups
-//! and ClickHouse database named `bench-e2e-<ms>`), removed at the end, so it can run
+//! ClickHouse database and state directory named `bench-e2e-<ms>`), removed at the end, so it can run
 //! beside anything else on the same services. Its events are live clicks (event time =
 //! when produced) of the data set's busiest advertiser, on its users and ads, so every
 //! partition is busy and every click passes the dimension join.
@@ -167,6 +167,8 @@ fn isolated(base: &Config, id: &str) -> Config {
     cfg.redis.key_prefix = id.to_owned();
     cfg.speed.group_id = format!("{id}-speed");
     cfg.clickhouse.database = format!("{}_{}", base.clickhouse.database, id.replace('-', "_"));
+    // The ClickHouse sink's journal and spill files: never another instance's.
+    cfg.state_dir = base.state_dir.join(id);
     cfg
 }
 
@@ -508,6 +510,7 @@ async fn clean_up(cfg: &Config) -> anyhow::Result<()> {
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await?;
+    std::fs::remove_dir_all(&cfg.state_dir).ok();
     let client = redis::Client::open(cfg.redis.url.expose())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let pattern = format!("{}:*", cfg.redis.key_prefix);

@@ -179,13 +179,22 @@ pub async fn load<C: ConnectionLike + Send>(
             let last = Dedup::hour_of(newest);
             let horizon = Dedup::new(cfg.dedup_horizon_ms).horizon_hours();
             for hour in last - horizon - 1..=last + 1 {
-                let ids: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+                let blobs: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                    .arg(keys.seen_ids(p, hour))
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(conn)
+                    .await?;
+                // Sets written by earlier versions, one member per id.
+                let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
                     .arg(keys.seen(p, hour))
                     .query_async(conn)
                     .await?;
-                let ids: Vec<u64> = ids
+                let ids: Vec<u64> = blobs
                     .iter()
-                    .filter_map(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                    .flat_map(|b| b.chunks_exact(8))
+                    .chain(members.iter().map(Vec::as_slice))
+                    .filter_map(|b| <[u8; 8]>::try_from(b).ok())
                     .map(u64::from_le_bytes)
                     .collect();
                 if !ids.is_empty() {
@@ -420,16 +429,18 @@ fn build_ops(keys: &Keys, own: &Ownership, flush: &Flush, now_ms: i64, ttl: Ttls
             flush.pending_removed.iter().map(num).collect(),
         );
     }
-    let mut seen_by_hour: BTreeMap<i64, Vec<Vec<u8>>> = BTreeMap::new();
+    // One blob of 8-byte ids per hour and flush: a single argument however many ids
+    // (a member per id cost Redis about 1 µs each, most of a flush's time).
+    let mut seen_by_hour: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     for (hour, id) in &flush.seen_added {
         seen_by_hour
             .entry(*hour)
             .or_default()
-            .push(id.to_le_bytes().to_vec());
+            .extend_from_slice(&id.to_le_bytes());
     }
-    for (hour, ids) in seen_by_hour {
-        let key = keys.seen(p, hour);
-        ops.op("SADD", &key, ids);
+    for (hour, blob) in seen_by_hour {
+        let key = keys.seen_ids(p, hour);
+        ops.op("RPUSH", &key, vec![blob]);
         ops.op("EXPIRE", &key, vec![num(ttl.seen_s)]);
     }
     ops

@@ -2,7 +2,7 @@
 //!
 //! Ids are kept as 64-bit hashes, listed by the event hour of their first copy; hours older than the horizon
 //! (behind the partition's newest event time) are forgotten. Ids added since the last
-//! flush are handed to the flush so the set survives restarts (Redis sets per hour).
+//! flush are handed to the flush so the set survives restarts (a Redis list of id blobs per hour).
 
 use std::collections::BTreeMap;
 
