@@ -63,6 +63,10 @@ struct Buffer {
     first: Option<i64>,
     last: i64,
     since: Option<Instant>,
+    /// The offset to commit of a batch uploaded but not committed yet (the group
+    /// coordinator was unreachable). The partition is paused meanwhile: the intent of
+    /// that batch must stay the partition's only uncommitted one (module docs).
+    uncommitted: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -139,11 +143,23 @@ pub async fn run(
                 apply_changes(&changes, &archive, &consumer, &mut buffers).await?;
                 let m = match msg {
                     Ok(m) => m,
-                    Err(e) => { tracing::warn!(error = %e, "kafka consumer error"); continue; }
+                    Err(e) => {
+                        // librdkafka's fatal errors (a static member fenced by its own
+                        // rejoin after a broker outage) leave the consumer unusable:
+                        // exit, and let the supervisor start a fresh one (nothing is
+                        // lost: uncommitted batches are cleaned by their intents).
+                        if let Some((code, reason)) = consumer.client().fatal_error() {
+                            anyhow::bail!("fatal Kafka consumer error {code:?}: {reason} (the archiver must be restarted)");
+                        }
+                        tracing::warn!(error = %e, "kafka consumer error");
+                        continue;
+                    }
                 };
                 let Some(topic) = cfg.kafka.topic_kind(m.topic()) else { continue };
                 let key = (m.topic().to_owned(), m.partition());
                 let Some(buf) = buffers.get_mut(&key) else { continue };
+                // Paused until its last batch is committed; re-read from there after.
+                if buf.uncommitted.is_some() { continue; }
                 if buf.first.is_none() {
                     buf.first = Some(m.offset());
                     buf.since = Some(Instant::now());
@@ -161,7 +177,9 @@ pub async fn run(
             _ = tick.tick() => {
                 apply_changes(&changes, &archive, &consumer, &mut buffers).await?;
                 for (key, buf) in &mut buffers {
-                    if buf.since.is_some_and(|t| t.elapsed() >= cfg.batch.archive_max_age) {
+                    if buf.uncommitted.is_some() {
+                        retry_commit(&consumer, key, buf);
+                    } else if buf.since.is_some_and(|t| t.elapsed() >= cfg.batch.archive_max_age) {
                         flush(&archive, &consumer, key, buf).await?;
                     }
                 }
@@ -169,7 +187,11 @@ pub async fn run(
         }
     }
     for (key, buf) in &mut buffers {
-        flush(&archive, &consumer, key, buf).await?;
+        if buf.uncommitted.is_some() {
+            retry_commit(&consumer, key, buf);
+        } else {
+            flush(&archive, &consumer, key, buf).await?;
+        }
     }
     consumer.unsubscribe();
     Ok(())
@@ -195,6 +217,11 @@ async fn apply_changes(
                 for (t, p) in &ps {
                     tpl.add_partition(t, *p);
                 }
+                // A partition paused for a failed commit before it was revoked starts
+                // afresh from the committed offset.
+                consumer
+                    .resume(&tpl)
+                    .context("resuming assigned partitions")?;
                 let committed = consumer
                     .committed_offsets(tpl, Duration::from_secs(10))
                     .context("committed offsets")?;
@@ -309,16 +336,73 @@ async fn flush(
             .with_context(|| format!("uploading {path}"))?;
         metrics::counter!(ARCHIVE_FILES_WRITTEN).increment(1);
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(last + 1))?;
-    consumer
-        .commit(&tpl, CommitMode::Sync)
-        .with_context(|| format!("committing {topic}/{partition} at {}", last + 1))?;
     metrics::counter!(ARCHIVE_ROWS_WRITTEN, "topic" => topic.to_owned())
         .increment(rows_total as u64);
     tracing::debug!(topic, partition, first, last, rows = rows_total, "archived");
     *buf = Buffer::default();
+    if let Err(e) = commit(consumer, topic, partition, last + 1) {
+        // The broker or the group coordinator is away (an outage, a rebalance). Keep
+        // polling (the group can only be rejoined by polling) with the partition
+        // paused, and commit on a later tick; if the partition is revoked meanwhile,
+        // its next owner deletes this batch's files by its intent and re-reads it.
+        tracing::warn!(topic, partition, offset = last + 1, error = %e,
+            "commit failed; the partition waits, paused, and the commit is retried");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        consumer.pause(&tpl).context("pausing the partition")?;
+        buf.uncommitted = Some(last + 1);
+    }
     Ok(())
+}
+
+fn commit(
+    consumer: &StreamConsumer<ArchiverContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.commit(&tpl, CommitMode::Sync)
+}
+
+/// Commits a paused partition's uploaded batch; on success resumes the partition
+/// from the committed offset (messages fetched while it was paused were skipped).
+fn retry_commit(consumer: &StreamConsumer<ArchiverContext>, key: &(String, i32), buf: &mut Buffer) {
+    let Some(offset) = buf.uncommitted else {
+        return;
+    };
+    let (topic, partition) = (key.0.as_str(), key.1);
+    if let Err(e) = commit(consumer, topic, partition, offset) {
+        tracing::debug!(topic, partition, offset, error = %e, "commit still failing");
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let resumed = consumer.resume(&tpl).and_then(|()| {
+        consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(10),
+        )
+    });
+    match resumed {
+        Ok(()) => {
+            tracing::info!(
+                topic,
+                partition,
+                offset,
+                "committed after a retry; partition resumed"
+            );
+            buf.uncommitted = None;
+        }
+        // Committed, but not resumed: try the resume again on the next tick (a commit
+        // of the same offset again is harmless).
+        Err(e) => {
+            tracing::warn!(topic, partition, offset, error = %e, "resuming the partition failed")
+        }
+    }
 }
 
 /// Lists every archive file of `topic` on `date`.

@@ -396,9 +396,10 @@ pub struct SpeedConfig {
     /// this much, so a window closes this long after its end. Default 2 s.
     #[serde(with = "humantime_serde")]
     pub out_of_orderness: Duration,
-    /// When a partition has received nothing for this long, its watermark follows the
-    /// wall clock (minus `out_of_orderness`), so quiet partitions still close windows.
-    /// Default 3 s.
+    /// When a partition has received nothing for this long, its watermark advances
+    /// with the wall clock (from its newest event time, at most to the clock minus
+    /// `out_of_orderness`), so quiet partitions still close windows; after ten times
+    /// this (30 s) it follows the clock, so waits end when a stream stops. Default 3 s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Duplicates (same `event_id`) are dropped when their event times are within this

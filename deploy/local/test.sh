@@ -21,6 +21,8 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
     >"$LOGS/pip-moto.log" 2>&1 || die "pip install moto[server] failed (see $LOGS/pip-moto.log)"
 fi
 export ADMETRICS_MOTO_SERVER=$MOTO_VENV/bin/moto_server
+# The broker test runs a private Apache Kafka broker from the jars up.sh installed.
+export ADMETRICS_KAFKA_HOME="$KAFKA_HOME"
 # Each test works in a namespace of its own (databases admetrics_t<id>, topics
 # t<id>-*); drop the databases earlier runs left so they do not pile up.
 log "dropping the databases of earlier test runs"

@@ -200,7 +200,15 @@ pub async fn run(
                             let _ = r.tx.send(inbound).await;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                    Err(e) => {
+                        // librdkafka's fatal errors (a static member fenced by its own
+                        // rejoin after a broker outage) leave the consumer unusable:
+                        // exit; a restart resumes from the offsets stored in Redis.
+                        if let Some((code, reason)) = consumer.client().fatal_error() {
+                            break Err(anyhow::anyhow!("fatal Kafka consumer error {code:?}: {reason} (the speed layer must be restarted)"));
+                        }
+                        tracing::warn!(error = %e, "kafka consumer error");
+                    }
                 }
             }
             _ = tick.tick() => {

@@ -284,9 +284,23 @@ impl Task {
     async fn maybe_flush(&mut self) -> Result<(), PartitionError> {
         let cfg = &self.shared.cfg.speed;
         let now = now_ms();
-        let floor = now - duration_ms(cfg.out_of_orderness);
+        let live_floor = now - duration_ms(cfg.out_of_orderness);
         for t in TopicKind::ALL {
-            if self.last_msg[t.index()].elapsed() >= cfg.idle_timeout {
+            let quiet = self.last_msg[t.index()].elapsed();
+            if quiet >= cfg.idle_timeout {
+                // While nothing arrives, event time advances at most as fast as the wall
+                // clock: a live stream's watermark follows the clock, but a partition
+                // replaying or catching up on older data is not moved to now by a short
+                // pause (a broker outage), which would end the effect wait of effects
+                // whose clicks are still to come.
+                // After ten times `idle_timeout` (30 s) of silence the stream has ended
+                // or is live and quiet: the watermark follows the clock from then on.
+                let newest = self.proc.newest_ts(t);
+                let floor = if newest == i64::MIN || quiet >= cfg.idle_timeout * 10 {
+                    live_floor
+                } else {
+                    live_floor.min(newest.saturating_add(duration_ms(quiet)))
+                };
                 self.proc.advance_idle(t, floor);
             }
         }

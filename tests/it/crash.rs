@@ -5,31 +5,12 @@
 
 use std::time::Duration;
 
-use admetrics_tests::{TestEnv, check, free_port};
+use admetrics_tests::TestEnv;
 use rand::Rng;
 
 const ROWS: usize = 30_000;
 /// The slice spans about 66 hours of event time; at this factor it plays in ~80 s.
 const SPEED: u32 = 3000;
-
-async fn settle_and_check(
-    env: &mut TestEnv,
-    events: &[common::event::Event<'static>],
-    logs: &[&str],
-) {
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(240)).await {
-        let logs: Vec<String> = logs
-            .iter()
-            .map(|n| format!("--- {n}:\n{}", env.log(n)))
-            .collect();
-        panic!("{e}\n{}", logs.join("\n"));
-    }
-    env.cfg.serving.rate_limit_per_second = 10_000;
-    env.cfg.serving.rate_limit_burst = 10_000;
-    env.start_server().await;
-    let key = env.api_key(&["--internal"]).await;
-    check::speed_matches_reference(env, &key, events).await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_five_times_during_a_replay_loses_and_doubles_nothing() {
@@ -42,19 +23,7 @@ async fn sigkill_five_times_during_a_replay_loses_and_doubles_nothing() {
         "the kills happened during the replay (slow the replay down if this fails)"
     );
     env.wait_replay_done(Duration::from_secs(180)).await;
-    settle_and_check(&mut env, &events, &["speed", "replay"]).await;
-}
-
-/// Environment of one speed-layer instance of a pair: its own static membership id
-/// and metrics port.
-fn instance(name: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("ADMETRICS__KAFKA__GROUP_INSTANCE_ID", name.to_owned()),
-        (
-            "ADMETRICS__SPEED__METRICS_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        ),
-    ]
+    env.settle_and_check(&events, &["speed", "replay"]).await;
 }
 
 // The killed instance is restarted with its static id, as a Kubernetes StatefulSet pod
@@ -64,39 +33,60 @@ async fn two_instances_share_partitions_through_a_join_and_a_kill() {
     let mut env = TestEnv::new(4).await;
     let events = env.spawn_paced_replay(ROWS, SPEED);
     let mut rng = rand::rng();
-    env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
+    env.spawn_with_env(
+        "speed-a",
+        "speed-layer",
+        &["run"],
+        &env.speed_instance("speed-a"),
+    );
     env.wait_partitions_taken("speed-a", 0).await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
     // b joins: the group rebalances and half of a's partitions move, state included.
-    env.spawn_with_env("speed-b", "speed-layer", &["run"], &instance("speed-b"));
+    env.spawn_with_env(
+        "speed-b",
+        "speed-layer",
+        &["run"],
+        &env.speed_instance("speed-b"),
+    );
     env.wait_partitions_taken("speed-b", 0).await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
     assert!(env.running("replay"), "the kill happens during the replay");
     let before = env.log_count("speed-a", "partition state loaded");
     env.kill("speed-a").await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
-    env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
+    env.spawn_with_env(
+        "speed-a",
+        "speed-layer",
+        &["run"],
+        &env.speed_instance("speed-a"),
+    );
     env.wait_partitions_taken("speed-a", before).await;
     env.wait_replay_done(Duration::from_secs(180)).await;
-    settle_and_check(&mut env, &events, &["speed-a", "speed-b", "replay"]).await;
+    env.settle_and_check(&events, &["speed-a", "speed-b", "replay"])
+        .await;
     assert!(
         env.log_count("speed-a", "partitions revoked") > 0,
         "a gave partitions away when b joined"
     );
 }
 
-/// How long the survivor may take to own a dead member's partitions: the broker expires
-/// the member after `session.timeout.ms` (10 s, `common::kafka::consumer_config`), then
-/// the group rebalances and the survivor loads the partitions' state from Redis.
-const FAILOVER: Duration = Duration::from_secs(30);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_instance_fails_over_to_the_survivor_with_exact_totals() {
     let mut env = TestEnv::new(4).await;
     let events = env.spawn_paced_replay(ROWS, SPEED);
-    env.spawn_with_env("speed-a", "speed-layer", &["run"], &instance("speed-a"));
+    env.spawn_with_env(
+        "speed-a",
+        "speed-layer",
+        &["run"],
+        &env.speed_instance("speed-a"),
+    );
     env.wait_partitions_taken("speed-a", 0).await;
-    env.spawn_with_env("speed-b", "speed-layer", &["run"], &instance("speed-b"));
+    env.spawn_with_env(
+        "speed-b",
+        "speed-layer",
+        &["run"],
+        &env.speed_instance("speed-b"),
+    );
     env.wait_partitions_taken("speed-b", 0).await;
     tokio::time::sleep(Duration::from_millis(
         rand::rng().random_range(1_000..4_000),
@@ -108,7 +98,7 @@ async fn a_sigkilled_instance_fails_over_to_the_survivor_with_exact_totals() {
     // a stays dead: b takes its partitions once the broker expires a's session.
     let killed = std::time::Instant::now();
     admetrics_tests::wait_until(
-        FAILOVER,
+        admetrics_tests::FAILOVER,
         "the survivor to take the dead member's partitions",
         || {
             let now = env.log_count("speed-b", "partition state loaded");
@@ -121,6 +111,6 @@ async fn a_sigkilled_instance_fails_over_to_the_survivor_with_exact_totals() {
         killed.elapsed()
     );
     env.wait_replay_done(Duration::from_secs(180)).await;
-    settle_and_check(&mut env, &events, &["speed-b", "replay"]).await;
+    env.settle_and_check(&events, &["speed-b", "replay"]).await;
     assert!(!env.running("speed-a"));
 }

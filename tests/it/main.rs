@@ -4,10 +4,12 @@
 mod attribution;
 mod batch;
 mod bi;
+mod broker;
 mod cluster;
 mod crash;
 mod dlq;
 mod e2e;
+mod group;
 mod manifests;
 mod read_path;
 mod serving;

@@ -62,3 +62,33 @@ pub fn rows(dir: &Path) -> i64 {
         .map(|b| b.metadata().file_metadata().num_rows())
         .sum()
 }
+
+/// Asserts that the archive under `dir` holds each of `events` exactly once and no
+/// other event: no `event_id` twice (a duplicate), none of `events` missing (a gap).
+/// `after` says what the archive went through, for the failure message.
+///
+/// # Panics
+///
+/// On a duplicate, a missing or an unknown event, naming up to 5 of them.
+pub fn assert_exactly_once(dir: &Path, events: &[common::event::Event<'_>], after: &str) {
+    let counts = event_id_counts(dir);
+    let dups: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(dups.is_empty(), "duplicates after {after}: {dups:?}");
+    let missing: Vec<&str> = events
+        .iter()
+        .map(|e| e.event_id.as_ref())
+        .filter(|id| !counts.contains_key(*id))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "events missing from the archive after {after} ({} archived of {}): {missing:?}",
+        counts.len(),
+        events.len()
+    );
+    assert_eq!(
+        counts.len(),
+        events.len(),
+        "the archive holds exactly the replayed events after {after}"
+    );
+}

@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod check;
 pub mod clickhouse_shards;
+pub mod kafka_broker;
 pub mod redis_cluster;
 pub mod reference;
 pub mod webdriver;
@@ -61,21 +62,45 @@ fn missing(service: &str, detail: &str) -> ! {
     );
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a child process to listen on.
+///
+/// Picked at random below the kernel's ephemeral range (`ip_local_port_range`,
+/// 32768-60999 by default), then checked by binding it: a port the kernel handed out
+/// for `bind(0)` is also where it puts the local end of outgoing connections (Kafka,
+/// Redis, MySQL clients of every parallel test), so one of those could take it before
+/// the child binds it. Ports in 20000-32767 are only ever taken by a listener.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    let mut rng = rand::rng();
+    for _ in 0..1_000 {
+        let port = rng.random_range(20_000..32_768);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in 20000-32767 on 127.0.0.1 after 1000 tries")
 }
 
 impl TestEnv {
     /// Creates a namespace: topics with `partitions` partitions, a Redis prefix, MySQL
     /// and ClickHouse databases with the schema. Fails loudly when a service is down.
     pub async fn new(partitions: i32) -> TestEnv {
+        Self::create(partitions, None).await
+    }
+
+    /// [`TestEnv::new`] on the Kafka broker(s) `brokers` (`bootstrap.servers`, e.g. a
+    /// [`kafka_broker::KafkaBroker`]'s) instead of the shared one from the
+    /// environment: the topics are created there and every child process uses it.
+    pub async fn with_brokers(partitions: i32, brokers: &str) -> TestEnv {
+        Self::create(partitions, Some(brokers)).await
+    }
+
+    async fn create(partitions: i32, brokers: Option<&str>) -> TestEnv {
         let base = Config::load(None).expect("configuration from ADMETRICS__* variables");
         let id = format!("t{:010x}", rand::rng().random::<u64>() & 0xff_ffff_ffff);
         let mut cfg = base.clone();
+        if let Some(b) = brokers {
+            cfg.kafka.brokers = b.to_owned();
+        }
         cfg.kafka.partitions = partitions;
         cfg.kafka.traffic_topic = format!("{id}-ad-traffic");
         cfg.kafka.effects_topic = format!("{id}-ad-effects");
@@ -269,6 +294,24 @@ impl TestEnv {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The error a child exited with, as its log shows it: the last `Error: ` line (a
+    /// binary's `main` returning an error) and its `Caused by:` chain, without the
+    /// backtrace; the log's last lines when there is none.
+    pub fn exit_error(&self, name: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.state_dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        match lines.iter().rposition(|l| l.starts_with("Error: ")) {
+            Some(i) => lines[i..]
+                .iter()
+                .take_while(|l| !l.starts_with("Stack backtrace"))
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None => self.log(name),
+        }
+    }
+
     /// How many lines of the named child's log (all its runs) contain `needle`.
     pub fn log_count(&self, name: &str, needle: &str) -> usize {
         std::fs::read_to_string(self.state_dir.join(format!("{name}.log")))
@@ -283,6 +326,16 @@ impl TestEnv {
         self.children
             .iter_mut()
             .any(|(n, c)| n == name && matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The exit status of the named child (its latest run) once it has exited; `None`
+    /// while it runs or when there is no such child.
+    pub fn exit_status(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        self.children
+            .iter_mut()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, c)| c.try_wait().ok().flatten())
     }
 
     /// A MySQL pool on this test's database.
@@ -367,6 +420,76 @@ impl TestEnv {
         );
     }
 
+    /// Starts one archiver instance of several in this test's group: child `name`, its
+    /// own metrics port and `name` as its static membership id
+    /// (`ADMETRICS__KAFKA__GROUP_INSTANCE_ID`; two members with one id fence each
+    /// other).
+    pub fn start_archiver_as(&mut self, name: &str) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        self.spawn_with_env(
+            name,
+            "batch-layer",
+            &["archive", "--metrics-listen", &listen],
+            &[("ADMETRICS__KAFKA__GROUP_INSTANCE_ID", name.to_owned())],
+        );
+    }
+
+    /// Waits until the local archive (`<state_dir>/archive`) holds at least `want`
+    /// rows; after `timeout` panics with the row count and the logs of the children
+    /// `logs`.
+    pub async fn wait_archived(&self, want: usize, timeout: Duration, logs: &[&str]) {
+        let dir = self.state_dir.join("archive");
+        let want = i64::try_from(want).expect("row count");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = archive::rows(&dir);
+            if n >= want {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = logs
+                    .iter()
+                    .map(|l| format!("--- {l}:\n{}", self.log(l)))
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {want} rows in the archive ({n})\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// How many times archiver child `name` was assigned partitions (its log's
+    /// "archiving partitions" lines, one per assignment, all its runs).
+    pub fn archiver_assignments(&self, name: &str) -> usize {
+        self.log_count(name, "archiving partitions")
+    }
+
+    /// The partitions of archiver child `name`'s last assignment, as (topic,
+    /// partition), from its log's last "archiving partitions" line; empty before the
+    /// first.
+    pub fn archiver_partitions(&self, name: &str) -> Vec<(String, i32)> {
+        let text =
+            std::fs::read_to_string(self.state_dir.join(format!("{name}.log"))).unwrap_or_default();
+        let Some(line) = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("archiving partitions"))
+        else {
+            return Vec::new();
+        };
+        // `partitions=[("<topic>", <p>), ...]`
+        line.split("(\"")
+            .skip(1)
+            .filter_map(|item| {
+                let (topic, rest) = item.split_once("\", ")?;
+                let p = rest.split(')').next()?.trim().parse().ok()?;
+                Some((topic.to_owned(), p))
+            })
+            .collect()
+    }
+
     /// Runs `batch-layer recompute --from FROM --to TO` and returns its output.
     ///
     /// # Panics
@@ -433,6 +556,29 @@ pub struct Replayed {
 }
 
 impl TestEnv {
+    /// Environment of one speed-layer instance of several in one group, as a
+    /// StatefulSet pod has it: `name` as its static membership id
+    /// (`ADMETRICS__KAFKA__GROUP_INSTANCE_ID`; two members with one id fence each
+    /// other), a metrics port and a state directory (`<state_dir>/<name>`: the
+    /// ClickHouse journal) of its own. For [`TestEnv::spawn_with_env`].
+    ///
+    /// Instances sharing one state directory destroy each other's journal files (seen:
+    /// one drained at SIGTERM, the other's sink then failed with "No such file or
+    /// directory" and the process exited).
+    pub fn speed_instance(&self, name: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("ADMETRICS__KAFKA__GROUP_INSTANCE_ID", name.to_owned()),
+            (
+                "ADMETRICS__SPEED__METRICS_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            (
+                "ADMETRICS__STATE_DIR",
+                self.state_dir.join(name).display().to_string(),
+            ),
+        ]
+    }
+
     /// Waits until speed-layer child `name` has taken partitions more often than
     /// `before` times (its log's "partition state loaded" lines).
     pub async fn wait_partitions_taken(&self, name: &str, before: usize) {
@@ -573,6 +719,50 @@ impl TestEnv {
         })
         .await;
     }
+
+    /// Waits until the speed layer has settled (every partition caught up and written,
+    /// at most 240 s; on timeout panics with the logs of the children `logs`), starts
+    /// the serving layer and asserts [`check::speed_matches_reference`] for `events`.
+    pub async fn settle_and_check(
+        &mut self,
+        events: &[common::event::Event<'static>],
+        logs: &[&str],
+    ) {
+        if let Err(e) = speed_layer::status::wait_settled(&self.cfg, Duration::from_secs(240)).await
+        {
+            let logs: Vec<String> = logs
+                .iter()
+                .map(|n| format!("--- {n}:\n{}", self.log(n)))
+                .collect();
+            panic!("{e}\n{}", logs.join("\n"));
+        }
+        self.cfg.serving.rate_limit_per_second = 10_000;
+        self.cfg.serving.rate_limit_burst = 10_000;
+        self.start_server().await;
+        let key = self.api_key(&["--internal"]).await;
+        check::speed_matches_reference(self, &key, events).await;
+    }
+
+    /// The sum over partitions and both input topics of the next offsets the speed
+    /// layer stored in Redis with its results (messages reflected in Redis); grows as
+    /// it consumes and flushes.
+    pub async fn speed_offsets_stored(&self) -> i64 {
+        let keys = common::redis_keys::Keys::new(&self.cfg.redis.key_prefix);
+        let mut conn = self.redis().await;
+        let mut sum = 0;
+        for p in 0..self.cfg.kafka.partitions {
+            let off: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+                .arg(keys.offsets(p))
+                .query_async(&mut conn)
+                .await
+                .expect("offsets hash");
+            sum += common::event::TopicKind::ALL
+                .iter()
+                .filter_map(|t| off.get(t.as_str()))
+                .sum::<i64>();
+        }
+        sum
+    }
 }
 
 /// The UTC dates of the first and the last of `events` (in replay order).
@@ -585,6 +775,12 @@ pub fn days_of(events: &[common::event::Event<'_>]) -> (chrono::NaiveDate, chron
         d(events.last().expect("events").ts),
     )
 }
+
+/// How long a surviving group member may take to own a dead member's partitions: the
+/// broker expires the member after `session.timeout.ms` (10 s,
+/// `common::kafka::consumer_config`), then the group rebalances (the survivor hears of
+/// it with its next heartbeat, 1 s) and the survivor loads the partitions' state.
+pub const FAILOVER: Duration = Duration::from_secs(30);
 
 /// Polls `check` until it is true; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)

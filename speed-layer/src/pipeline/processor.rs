@@ -370,6 +370,11 @@ impl Processor {
         newest.max(self.idle_floor[0].min(self.idle_floor[1]))
     }
 
+    /// Newest event time seen on `topic` (ms UTC), `i64::MIN` before the first.
+    pub fn newest_ts(&self, topic: TopicKind) -> i64 {
+        self.max_ts[topic.index()]
+    }
+
     /// Lets the watermark of an idle topic follow the wall clock: nothing older than
     /// `floor_ms` is expected from it any more.
     pub fn advance_idle(&mut self, topic: TopicKind, floor_ms: i64) {
