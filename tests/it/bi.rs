@@ -425,16 +425,36 @@ async fn clickhouse_down_past_the_retries_spills_and_replay_spill_loads_every_ev
         .await
         .expect("schema on the own server");
     env.spawn("speed", "speed-layer", &["run"]);
-    // A paced replay (~25 s) with ClickHouse gone in the middle of it.
+    // A paced replay (~25 s) with ClickHouse gone in the middle of it: once the sink
+    // has written rows (the speed layer is consuming), whatever the machine's load.
     let events = env.spawn_paced_replay(4_000, 10_000);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    env.wait_partitions_taken("speed", 0).await;
+    wait_until(
+        Duration::from_secs(60),
+        "detail rows in ClickHouse",
+        || async {
+            ch(&env, "SELECT count() AS c FROM events")
+                .await
+                .first()
+                .is_some_and(|r| n(&r["c"]) > 0.0)
+        },
+    )
+    .await;
+    assert!(
+        env.running("replay"),
+        "ClickHouse goes away during the replay"
+    );
     own.kill().await;
     let spill = env.state_dir.join("clickhouse/spill");
-    wait_until(Duration::from_secs(60), "a spilled batch", || {
-        let n = files_in(&spill);
-        async move { n > 0 }
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while files_in(&spill) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no batch spilled 60 s after ClickHouse went away:\n{}",
+            env.log("speed")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     own.start().await;
     env.wait_replay_done(Duration::from_secs(120)).await;
