@@ -336,11 +336,9 @@ async fn bare_consumer(cfg: &Config, events: usize, timeout: Duration) -> anyhow
         .subscribe(&[&cfg.kafka.traffic_topic])
         .context("subscribing the bare consumer")?;
     let mut n = 0usize;
-    let mut bytes = 0usize;
     let read = async {
         while n < events {
-            let m = consumer.recv().await.context("bare consumer")?;
-            bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len);
+            consumer.recv().await.context("bare consumer")?;
             n += 1;
         }
         anyhow::Ok(())
@@ -351,7 +349,6 @@ async fn bare_consumer(cfg: &Config, events: usize, timeout: Duration) -> anyhow
             format!("the bare consumer read only {n} of {events} messages in {timeout:?}")
         })??;
     let secs = started.elapsed().as_secs_f64();
-    tracing::debug!(bytes, "bare consumer done");
     consumer.unsubscribe();
     Ok(secs)
 }

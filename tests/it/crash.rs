@@ -33,33 +33,18 @@ async fn two_instances_share_partitions_through_a_join_and_a_kill() {
     let mut env = TestEnv::new(4).await;
     let events = env.spawn_paced_replay(ROWS, SPEED);
     let mut rng = rand::rng();
-    env.spawn_with_env(
-        "speed-a",
-        "speed-layer",
-        &["run"],
-        &env.speed_instance("speed-a"),
-    );
+    env.start_speed_as("speed-a");
     env.wait_partitions_taken("speed-a", 0).await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
     // b joins: the group rebalances and half of a's partitions move, state included.
-    env.spawn_with_env(
-        "speed-b",
-        "speed-layer",
-        &["run"],
-        &env.speed_instance("speed-b"),
-    );
+    env.start_speed_as("speed-b");
     env.wait_partitions_taken("speed-b", 0).await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..4_000))).await;
     assert!(env.running("replay"), "the kill happens during the replay");
     let before = env.log_count("speed-a", "partition state loaded");
     env.kill("speed-a").await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
-    env.spawn_with_env(
-        "speed-a",
-        "speed-layer",
-        &["run"],
-        &env.speed_instance("speed-a"),
-    );
+    env.start_speed_as("speed-a");
     env.wait_partitions_taken("speed-a", before).await;
     env.wait_replay_done(Duration::from_secs(180)).await;
     env.settle_and_check(&events, &["speed-a", "speed-b", "replay"])
@@ -74,19 +59,9 @@ async fn two_instances_share_partitions_through_a_join_and_a_kill() {
 async fn a_sigkilled_instance_fails_over_to_the_survivor_with_exact_totals() {
     let mut env = TestEnv::new(4).await;
     let events = env.spawn_paced_replay(ROWS, SPEED);
-    env.spawn_with_env(
-        "speed-a",
-        "speed-layer",
-        &["run"],
-        &env.speed_instance("speed-a"),
-    );
+    env.start_speed_as("speed-a");
     env.wait_partitions_taken("speed-a", 0).await;
-    env.spawn_with_env(
-        "speed-b",
-        "speed-layer",
-        &["run"],
-        &env.speed_instance("speed-b"),
-    );
+    env.start_speed_as("speed-b");
     env.wait_partitions_taken("speed-b", 0).await;
     tokio::time::sleep(Duration::from_millis(
         rand::rng().random_range(1_000..4_000),

@@ -112,12 +112,7 @@ async fn a_sigkilled_archiver_fails_over_to_the_survivor_with_every_event_once()
         all_parts,
         "the survivor owns every partition of both topics: {b_parts:?}"
     );
-    env.wait_replay_done(Duration::from_secs(180)).await;
-    assert!(
-        env.exit_status("replay").is_some_and(|s| s.success()),
-        "the replay succeeded:\n{}",
-        env.log("replay")
-    );
+    env.wait_replay_succeeded(Duration::from_secs(180)).await;
     env.wait_archived(events.len(), Duration::from_secs(120), &["archiver-b"])
         .await;
     // Whatever is still to come would be a duplicate.
@@ -149,12 +144,7 @@ const HAND_BACK: Duration = Duration::from_secs(8);
 async fn a_member_joining_and_leaving_ten_times_during_a_replay_leaves_totals_exact() {
     let mut env = TestEnv::new(4).await;
     let events = env.spawn_paced_replay(ROWS, SPEED);
-    env.spawn_with_env(
-        "speed-a",
-        "speed-layer",
-        &["run"],
-        &env.speed_instance("speed-a"),
-    );
+    env.start_speed_as("speed-a");
     env.wait_partitions_taken("speed-a", 0).await;
     let drain = env.cfg.speed.shutdown_timeout + Duration::from_secs(10);
     let mut rng = rand::rng();
@@ -198,12 +188,7 @@ async fn a_member_joining_and_leaving_ten_times_during_a_replay_leaves_totals_ex
         env.running("replay"),
         "the {CYCLES} cycles happened during the replay (slow the replay down if this fails)"
     );
-    env.wait_replay_done(Duration::from_secs(180)).await;
-    assert!(
-        env.exit_status("replay").is_some_and(|s| s.success()),
-        "the replay succeeded:\n{}",
-        env.log("replay")
-    );
+    env.wait_replay_succeeded(Duration::from_secs(180)).await;
     env.settle_and_check(&events, &["speed-a", "speed-b", "replay"])
         .await;
     assert!(

@@ -579,6 +579,13 @@ impl TestEnv {
         ]
     }
 
+    /// Starts speed-layer instance `name` ([`TestEnv::speed_instance`]: its own static
+    /// id, metrics port and state directory) as child `name`.
+    pub fn start_speed_as(&mut self, name: &str) {
+        let vars = self.speed_instance(name);
+        self.spawn_with_env(name, "speed-layer", &["run"], &vars);
+    }
+
     /// Waits until speed-layer child `name` has taken partitions more often than
     /// `before` times (its log's "partition state loaded" lines).
     pub async fn wait_partitions_taken(&self, name: &str, before: usize) {
@@ -718,6 +725,17 @@ impl TestEnv {
             async move { !running }
         })
         .await;
+    }
+
+    /// [`TestEnv::wait_replay_done`], then asserts that the replay exited successfully
+    /// (its log in the message otherwise).
+    pub async fn wait_replay_succeeded(&mut self, timeout: Duration) {
+        self.wait_replay_done(timeout).await;
+        assert!(
+            self.exit_status("replay").is_some_and(|s| s.success()),
+            "the replay succeeded:\n{}",
+            self.log("replay")
+        );
     }
 
     /// Waits until the speed layer has settled (every partition caught up and written,
