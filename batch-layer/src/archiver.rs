@@ -16,6 +16,13 @@
 //! deleted before consuming again, since the new batch may be cut elsewhere. Files of
 //! a committed batch are never touched again. The archive thus holds every event of
 //! the topic exactly once, whatever is killed when.
+//!
+//! # Progress
+//!
+//! After each commit the archiver records how far the partition is archived (the
+//! committed offset and the newest event time archived: [`crate::archive::progress`]).
+//! A day turns final only once every partition's record has passed the day's close
+//! ([`crate::finality`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::layout;
+use crate::archive::progress::{self, Progress};
 use crate::archive::schema::{ArchivedEvent, encode_parquet};
 use crate::archive::store::Archive;
 
@@ -67,6 +75,33 @@ struct Buffer {
     /// coordinator was unreachable). The partition is paused meanwhile: the intent of
     /// that batch must stay the partition's only uncommitted one (module docs).
     uncommitted: Option<i64>,
+    /// Newest event time of the batch being buffered (or uploaded and uncommitted).
+    max_event_ms: Option<i64>,
+    /// What the archive holds of this partition (committed batches); kept across batches.
+    archived: Progress,
+    /// `archived` is ahead of the record in the object store (a write failed, or a
+    /// commit succeeded on a retry): written on the next tick.
+    progress_unsaved: bool,
+}
+
+impl Buffer {
+    /// A partition whose committed batches reach `archived`.
+    fn new(archived: Progress, progress_unsaved: bool) -> Self {
+        Buffer {
+            archived,
+            progress_unsaved,
+            ..Buffer::default()
+        }
+    }
+
+    /// Records that everything below `next_offset` is committed, with `max_event_ms`
+    /// its newest event time; the record is written by [`save_progress`].
+    fn committed(&mut self, next_offset: i64, max_event_ms: Option<i64>) {
+        self.archived = self
+            .archived
+            .advanced(next_offset, max_event_ms, common::day::now_ms());
+        self.progress_unsaved = true;
+    }
 }
 
 #[derive(Debug)]
@@ -166,7 +201,10 @@ pub async fn run(
                 }
                 buf.last = m.offset();
                 match m.payload().map(|p| decode(p, topic, 0, &limits)) {
-                    Some(Ok(e)) => buf.rows.push(ArchivedEvent { event: e.into_owned(), partition: m.partition(), offset: m.offset() }),
+                    Some(Ok(e)) => buf.rows.push({
+                        buf.max_event_ms = buf.max_event_ms.max(Some(e.ts));
+                        ArchivedEvent { event: e.into_owned(), partition: m.partition(), offset: m.offset() }
+                    }),
                     // Invalid messages are the DLQ's (the speed layer sends them there).
                     _ => metrics::counter!("admetrics_archive_invalid_skipped_total", "topic" => topic.as_str()).increment(1),
                 }
@@ -182,6 +220,9 @@ pub async fn run(
                     } else if buf.since.is_some_and(|t| t.elapsed() >= cfg.batch.archive_max_age) {
                         flush(&archive, &consumer, key, buf).await?;
                     }
+                    if buf.progress_unsaved {
+                        save_progress(&archive, key, buf).await;
+                    }
                 }
             }
         }
@@ -191,6 +232,9 @@ pub async fn run(
             retry_commit(&consumer, key, buf);
         } else {
             flush(&archive, &consumer, key, buf).await?;
+        }
+        if buf.progress_unsaved {
+            save_progress(&archive, key, buf).await;
         }
     }
     consumer.unsubscribe();
@@ -231,7 +275,22 @@ async fn apply_changes(
                         _ => 0,
                     };
                     clean_uncommitted(archive, e.topic(), e.partition(), from).await?;
-                    buffers.insert((e.topic().to_owned(), e.partition()), Buffer::default());
+                    // The record may lag the committed offset (its write failed before
+                    // a crash): committed batches are durable, so catch it up.
+                    let recorded = progress::read(archive, e.topic(), e.partition())
+                        .await
+                        .context("archive progress record")?
+                        .unwrap_or_default();
+                    let behind = recorded.next_offset < from;
+                    let archived = if behind {
+                        recorded.advanced(from, None, common::day::now_ms())
+                    } else {
+                        recorded
+                    };
+                    buffers.insert(
+                        (e.topic().to_owned(), e.partition()),
+                        Buffer::new(archived, behind),
+                    );
                 }
                 tracing::info!(partitions = ?ps, "archiving partitions");
             }
@@ -290,6 +349,7 @@ async fn flush(
         return Ok(());
     };
     let last = buf.last;
+    let max_event_ms = buf.max_event_ms;
     let (topic, partition) = (key.0.as_str(), key.1);
     let mut groups: BTreeMap<(NaiveDate, u32), Vec<ArchivedEvent>> = BTreeMap::new();
     for r in std::mem::take(&mut buf.rows) {
@@ -339,7 +399,7 @@ async fn flush(
     metrics::counter!(ARCHIVE_ROWS_WRITTEN, "topic" => topic.to_owned())
         .increment(rows_total as u64);
     tracing::debug!(topic, partition, first, last, rows = rows_total, "archived");
-    *buf = Buffer::default();
+    *buf = Buffer::new(buf.archived, buf.progress_unsaved);
     if let Err(e) = commit(consumer, topic, partition, last + 1) {
         // The broker or the group coordinator is away (an outage, a rebalance). Keep
         // polling (the group can only be rejoined by polling) with the partition
@@ -351,8 +411,25 @@ async fn flush(
         tpl.add_partition(topic, partition);
         consumer.pause(&tpl).context("pausing the partition")?;
         buf.uncommitted = Some(last + 1);
+        buf.max_event_ms = max_event_ms;
+        return Ok(());
     }
+    buf.committed(last + 1, max_event_ms);
+    save_progress(archive, key, buf).await;
     Ok(())
+}
+
+/// Writes the partition's progress record; on failure leaves it marked unsaved for
+/// the next tick (the record lags; it is never ahead of the archive).
+async fn save_progress(archive: &Archive, key: &(String, i32), buf: &mut Buffer) {
+    match progress::write(archive, &key.0, key.1, &buf.archived).await {
+        Ok(()) => buf.progress_unsaved = false,
+        Err(e) => {
+            tracing::warn!(topic = %key.0, partition = key.1, error = %e,
+                "writing the archive progress record failed; retrying on the next tick");
+            buf.progress_unsaved = true;
+        }
+    }
 }
 
 fn commit(
@@ -396,6 +473,8 @@ fn retry_commit(consumer: &StreamConsumer<ArchiverContext>, key: &(String, i32),
                 "committed after a retry; partition resumed"
             );
             buf.uncommitted = None;
+            let max_event_ms = buf.max_event_ms.take();
+            buf.committed(offset, max_event_ms);
         }
         // Committed, but not resumed: try the resume again on the next tick (a commit
         // of the same offset again is harmless).

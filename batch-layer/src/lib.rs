@@ -6,9 +6,10 @@
 //!              ├─> archiver ─────> topic=<t>/date=<d>/hour=<h>/p<P>-<first>-<last>.parquet
 //!  ad-effects ─┘  (commit after       │
 //!                  upload)            v
-//!              cron 02:30 / backfill ─> recompute day D ─> MySQL daily_ad_metrics, daily_uv,
-//!                                      (exact, bounded      batch_runs (one transaction)
-//!                                       memory, all cores)
+//!              every 15 min / backfill ─> recompute day D ─> MySQL daily_ad_metrics, daily_uv,
+//!              (zones whose D closed,     (exact, bounded      day_finality, day_revisions,
+//!               archive complete)          memory, all cores)  batch_runs (one transaction)
+//!                                               └─> reconciliation: speed (Redis) vs batch
 //! ```
 //!
 //! # Guarantees
@@ -21,6 +22,11 @@
 //! - A day split across N workers (`--shard i/N`, by Kafka partition = hash of the
 //!   user) turns final only when its last part is written, with the same rows as one
 //!   worker (see [`recompute::output`]).
+//! - A day turns final per time zone, only once it has ended there plus
+//!   `batch.late_allowance` and the archive holds every event up to that instant; a
+//!   day still open is refused, one whose archive lags waits (see [`finality`]).
+//! - Every advertiser-day that turns final is reconciled with the speed layer's
+//!   numbers (see [`reconcile`]); a revision keeps the previous totals.
 //! - Late events land in their own event date; the next scheduled run notices that a
 //!   final day's input changed and recomputes it as `revised` (see [`schedule`]).
 //!
@@ -29,12 +35,17 @@
 //! - [`archive`]: Parquet schema, file layout, object store.
 //! - [`archiver`]: the Kafka -> Parquet consumer.
 //! - [`recompute`]: the daily computation ([`recompute::compute`] is the core).
+//! - [`finality`]: when a day may turn final. [`reconcile`]: speed vs batch.
 //! - [`runs`]: the `batch_runs` table. [`schedule`]: cron and late-data revisions.
+//! - [`totals`]: advertiser-day totals (revisions, reconciliation).
 //! - [`bench`]: throughput on the standard load.
 
 pub mod archive;
 pub mod archiver;
 pub mod bench;
+pub mod finality;
 pub mod recompute;
+pub mod reconcile;
 pub mod runs;
 pub mod schedule;
+pub mod totals;

@@ -1,34 +1,76 @@
-//! The nightly schedule: on each tick of `batch.schedule` (cron, in
-//! `batch.platform_tz`; default 02:30 for the day before, which leaves two and a half
-//! hours for late data), recompute
+//! The schedule. On each tick of `batch.schedule` (cron in `batch.platform_tz`,
+//! default every 15 minutes) recompute every day of the last [`HORIZON_DAYS`] that
 //!
-//! 1. yesterday, unless it is final already;
-//! 2. every day of the last [`HORIZON_DAYS`] whose runs all failed (a failed run is
-//!    retried by the next tick);
-//! 3. every final day of that horizon whose input files now hold more (or fewer) rows
-//!    than when it was computed: late data arrived, and the day becomes `revised`.
+//! 1. holds archive files (or is a neighbour of such a UTC date, or was run before),
+//!    and has a time zone whose day has
+//!    closed ([`crate::finality`]) but is not final yet: a zone turns final at most
+//!    one tick after it closes, a day waiting for the archive is retried every tick;
+//! 2. or whose last run failed (a failed run is retried by the next tick);
+//!
+//! and, on the ticks of `batch.late_data_schedule` (default 02:30), also every final
+//! day of the horizon whose input files now hold more (or fewer) rows than when it
+//! was computed: late data arrived, and the advertisers whose totals change are
+//! `revised` (that check reads every input file's footer, hence nightly).
 //!
 //! With a split run (`--shard i/N`, one scheduler per worker) each worker applies these
 //! rules to its own part: its part missing stands for "not final", and late data is
 //! counted over its own partitions.
 
+use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chrono::{Days, NaiveDate, Utc};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use common::config::Config;
 use mysql_async::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::store::Archive;
-use crate::recompute::{self, DaySummary, Options, Shard};
+use crate::finality;
+use crate::recompute::{self, DaySummary, Options, RecomputeError, Shard};
+use crate::reconcile;
 use crate::runs;
 
-/// How many days back a tick looks for failed runs and late data.
+/// How many days back a tick looks for closed, failed and late days.
 pub const HORIZON_DAYS: u64 = 35;
 
-/// The days one tick should recompute, and why.
+/// What one tick checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickKind {
+    /// Also re-count the input of final days (late data).
+    pub late_data: bool,
+}
+
+/// Days from `from` on that hold archive files of either topic (the `date=` prefixes).
+async fn archived_days(
+    archive: &Archive,
+    topics: [&str; 2],
+    from: NaiveDate,
+) -> anyhow::Result<BTreeSet<NaiveDate>> {
+    let mut out = BTreeSet::new();
+    for t in topics {
+        let prefix = crate::archive::layout::topic_prefix(&archive.root, t);
+        let listing = archive
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .with_context(|| format!("listing {prefix}"))?;
+        for p in listing.common_prefixes {
+            if let Some(d) = p
+                .filename()
+                .and_then(|f| f.strip_prefix("date="))
+                .and_then(|d| d.parse::<NaiveDate>().ok())
+                && d >= from
+            {
+                out.insert(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The days one tick at `now_ms` should recompute, and why.
 ///
 /// # Errors
 ///
@@ -37,48 +79,75 @@ pub async fn due_days(
     cfg: &Config,
     pool: &Pool,
     archive: &Archive,
-    yesterday: NaiveDate,
+    now_ms: i64,
     shard: Shard,
+    kind: TickKind,
 ) -> anyhow::Result<Vec<(NaiveDate, &'static str)>> {
-    let from = yesterday
+    let today = common::day::today(now_ms, chrono_tz::UTC);
+    let from = today
         .checked_sub_days(Days::new(HORIZON_DAYS))
-        .unwrap_or(yesterday);
-    let runs = runs::since(pool, from).await?;
-    let parts = runs::parts_since(pool, from, shard.index, shard.count).await?;
-    let mut due = Vec::new();
-    if !parts.contains_key(&yesterday) {
-        due.push((yesterday, "yesterday"));
-    }
-    let dims = common::dims::load_all(pool).await?;
-    let span = u64::from(dims.advertisers.values().any(|a| a.tz != chrono_tz::UTC));
-    let opts = Options::from_config(cfg);
-    let lookback = opts.lookback_days();
+        .unwrap_or(today);
     let topics = [
         cfg.kafka.traffic_topic.as_str(),
         cfg.kafka.effects_topic.as_str(),
     ];
-    for r in runs.iter().filter(|r| r.day < yesterday) {
-        let Some(&part_rows) = parts.get(&r.day) else {
-            due.push((r.day, "retry of a failed run"));
-            continue;
-        };
-        if r.run_status != "running" {
-            match recompute::current_archive_rows(archive, topics, r.day, span, lookback, shard)
-                .await
+    let runs = runs::since(pool, from).await?;
+    let parts = runs::parts_since(pool, from, shard.index, shard.count).await?;
+    let final_zones = finality::final_zones_since(pool, from).await?;
+    let dims = common::dims::load_all(pool).await?;
+    let opts = Options::from_config(cfg);
+    // A UTC date's events fall on the local days before and after it too (zones from
+    // UTC-12 to UTC+14).
+    let mut candidates: BTreeSet<NaiveDate> = archived_days(archive, topics, from)
+        .await?
+        .into_iter()
+        .flat_map(|d| [d.pred_opt(), Some(d), d.succ_opt()])
+        .flatten()
+        .filter(|d| *d >= from)
+        .collect();
+    candidates.extend(runs.iter().map(|r| r.day));
+    let mut due = Vec::new();
+    for day in candidates.into_iter().filter(|d| *d <= today) {
+        let finals = final_zones.get(&day);
+        let closed_not_final = finality::zone_days(day, &dims, opts.late_allowance)
+            .iter()
+            .any(|z| {
+                z.closes_at_ms <= now_ms
+                    && !finals.is_some_and(|f| f.iter().any(|n| n == z.tz.name()))
+            });
+        let run = runs.iter().find(|r| r.day == day);
+        if closed_not_final {
+            due.push((day, "closed, not final yet"));
+        } else if run.is_some_and(|r| r.run_status == "failed") {
+            due.push((day, "retry of a failed run"));
+        } else if kind.late_data
+            && finals.is_some()
+            && let Some(&part_rows) = parts.get(&day)
+        {
+            let span = u64::from(dims.advertisers.values().any(|a| a.tz != chrono_tz::UTC));
+            match recompute::current_archive_rows(
+                archive,
+                topics,
+                day,
+                span,
+                opts.lookback_days(),
+                shard,
+            )
+            .await
             {
-                Ok(n) if n != part_rows => due.push((r.day, "late data")),
+                Ok(n) if n != part_rows => due.push((day, "late data")),
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(day = %r.day, error = %e, "cannot count the archive of a final day")
+                    tracing::warn!(%day, error = %e, "cannot count the archive of a final day");
                 }
             }
         }
     }
-    due.sort();
     Ok(due)
 }
 
-/// Runs one tick now; returns each day's outcome.
+/// Runs one tick as of `now_ms`; returns each day's outcome (a day that may not turn
+/// final yet is a [`RecomputeError::Refused`]).
 ///
 /// # Errors
 ///
@@ -88,44 +157,45 @@ pub async fn tick(
     pool: &Pool,
     archive: &Archive,
     shard: Shard,
-) -> anyhow::Result<Vec<(NaiveDate, Result<DaySummary, String>)>> {
-    let tz: chrono_tz::Tz = cfg
-        .batch
-        .platform_tz
-        .parse()
-        .map_err(|_| anyhow::anyhow!("batch.platform_tz"))?;
-    let today = Utc::now().with_timezone(&tz).date_naive();
-    let yesterday = today.pred_opt().unwrap_or(today);
-    let topics = [
-        cfg.kafka.traffic_topic.as_str(),
-        cfg.kafka.effects_topic.as_str(),
-    ];
+    now_ms: i64,
+    kind: TickKind,
+) -> anyhow::Result<Vec<(NaiveDate, Result<DaySummary, RecomputeError>)>> {
     let mut out = Vec::new();
     let opts = Options {
         shard,
         ..Options::from_config(cfg)
     };
-    for (day, why) in due_days(cfg, pool, archive, yesterday, shard).await? {
+    for (day, why) in due_days(cfg, pool, archive, now_ms, shard, kind).await? {
         tracing::info!(%day, %shard, reason = why, "recomputing");
-        let r = recompute::run_day(pool, archive, topics, day, opts, Arc::new(|_, _| {})).await;
+        let r =
+            recompute::run_day(pool, archive, cfg, day, opts, now_ms, Arc::new(|_, _| {})).await;
         match &r {
             Ok(s) => {
-                tracing::info!(%day, %shard, finality = %s.finality, parts_done = s.parts_done, rows = s.output_rows, seconds = s.seconds, "day recomputed")
+                tracing::info!(%day, %shard, finality = %s.finality, zones = ?s.final_zones, parts_done = s.parts_done, rows = s.output_rows, seconds = s.seconds, "day recomputed");
+                if !s.final_zones.is_empty() {
+                    reconcile::after_final(cfg, pool, day, &s.final_zones).await;
+                }
+            }
+            Err(RecomputeError::Refused(why)) => {
+                tracing::info!(%day, %why, "not final yet");
             }
             Err(e) => {
-                tracing::error!(%day, error = %e, "recompute failed; the next tick retries it")
+                tracing::error!(%day, error = %e, "recompute failed; the next tick retries it");
             }
         }
-        out.push((day, r.map_err(|e| e.to_string())));
+        out.push((day, r));
+    }
+    if let Err(e) = reconcile::export_gauges(pool, now_ms).await {
+        tracing::warn!(error = %e, "could not export the reconciliation gauges");
     }
     Ok(out)
 }
 
-/// Runs ticks on the cron schedule until `shutdown`.
+/// Runs ticks on the two cron schedules until `shutdown`.
 ///
 /// # Errors
 ///
-/// When the schedule or time zone do not parse.
+/// When a schedule or the time zone do not parse.
 pub async fn run(
     cfg: Arc<Config>,
     pool: Pool,
@@ -133,27 +203,36 @@ pub async fn run(
     shard: Shard,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let schedule = cron::Schedule::from_str(&cfg.batch.schedule)
-        .with_context(|| format!("batch.schedule `{}`", cfg.batch.schedule))?;
+    let parse = |key: &str, s: &str| {
+        cron::Schedule::from_str(s).with_context(|| format!("batch.{key} `{s}`"))
+    };
+    let closing = parse("schedule", &cfg.batch.schedule)?;
+    let late = parse("late_data_schedule", &cfg.batch.late_data_schedule)?;
     let tz: chrono_tz::Tz = cfg
         .batch
         .platform_tz
         .parse()
-        .map_err(|_| anyhow::anyhow!("batch.platform_tz"))?;
+        .map_err(|_| anyhow::anyhow!("batch.platform_tz `{}`", cfg.batch.platform_tz))?;
+    if let Err(e) = reconcile::export_gauges(&pool, common::day::now_ms()).await {
+        tracing::warn!(error = %e, "could not export the reconciliation gauges");
+    }
+    let next_of = |s: &cron::Schedule| s.upcoming(tz).next().map(|t| t.with_timezone(&Utc));
     loop {
-        let Some(next) = schedule.upcoming(tz).next() else {
-            anyhow::bail!("the schedule has no future tick")
+        let (Some(a), Some(b)) = (next_of(&closing), next_of(&late)) else {
+            anyhow::bail!("a schedule has no future tick")
         };
-        let wait = (next.with_timezone(&Utc) - Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        tracing::info!(next = %next, "next recompute tick");
+        let next: DateTime<Utc> = a.min(b);
+        let kind = TickKind { late_data: b <= a };
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        tracing::info!(next = %next, late_data = kind.late_data, "next recompute tick");
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(wait) => {}
         }
-        if let Err(e) = tick(&cfg, &pool, &archive, shard).await {
+        if let Err(e) = tick(&cfg, &pool, &archive, shard, common::day::now_ms(), kind).await {
             tracing::error!(error = %e, "recompute tick failed; retrying at the next tick");
         }
+        // Ticks that fall on the same instant run once; step past it.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     }
 }

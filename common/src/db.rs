@@ -56,8 +56,34 @@ pub async fn migrate(pool: &Pool) -> Result<(), DbError> {
     for stmt in schema_statements() {
         conn.query_drop(stmt).await?;
     }
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present: Option<i64> = conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.columns \
+                 WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
+                (table, column),
+            )
+            .await?;
+        if present.is_none() {
+            tracing::info!(table, column, "adding a column to an existing table");
+            conn.query_drop(format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))
+            .await?;
+        }
+    }
     Ok(())
 }
+
+/// Columns added to a table after it was first created: `(table, column, definition)`.
+/// `CREATE TABLE IF NOT EXISTS` leaves a table of an earlier version as it was, so
+/// [`migrate`] adds these when missing (the same columns are in `deploy/sql/mysql.sql`
+/// for new installs). Portable to MySQL and MariaDB (no `ADD COLUMN IF NOT EXISTS`).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[(
+    "batch_run_parts",
+    "complete_through",
+    "TIMESTAMP(3) NULL COMMENT 'the archive of this part''s partitions was complete through this instant when it was read'",
+)];
 
 #[cfg(test)]
 mod tests {

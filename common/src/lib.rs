@@ -42,4 +42,5 @@ pub mod kafka;
 pub mod redis_conn;
 pub mod redis_keys;
 pub mod shutdown;
+pub mod speed_results;
 pub mod telemetry;

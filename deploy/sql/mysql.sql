@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS daily_uv (
 CREATE TABLE IF NOT EXISTS batch_runs (
   day           DATE NOT NULL PRIMARY KEY,
   finality      ENUM('none','final','revised') NOT NULL DEFAULT 'none'
-                COMMENT 'what the serving layer shows: final/revised days come from daily_ad_metrics',
+                COMMENT 'summary of the day: final once a zone of it is final, revised once an advertiser-day of it was revised; per zone: day_finality',
   run_status    ENUM('running','succeeded','failed') NOT NULL,
   attempts      INT NOT NULL DEFAULT 0,
   started_at    TIMESTAMP(3) NULL,
@@ -96,6 +96,54 @@ CREATE TABLE IF NOT EXISTS batch_runs (
   archive_rows  BIGINT NOT NULL DEFAULT 0 COMMENT 'rows of the day in the archive when it was computed',
   code_version  VARCHAR(64) NOT NULL DEFAULT '',
   error         TEXT NULL
+) ENGINE=InnoDB
+;
+
+-- Finality (batch_layer::finality): a day turns final per time zone, once it has
+-- ended in the zone plus `batch.late_allowance` and the archive holds every event up
+-- to that instant. The serving layer shows an advertiser-day from daily_ad_metrics
+-- exactly when (day, the advertiser's time_zone) is `final` here.
+
+CREATE TABLE IF NOT EXISTS day_finality (
+  day           DATE NOT NULL COMMENT 'advertiser-local day',
+  time_zone     VARCHAR(64) NOT NULL COMMENT 'IANA zone: this row covers the advertisers of that zone',
+  status        ENUM('waiting','final') NOT NULL
+                COMMENT 'waiting: closed by the clock, but the archive is not complete through closes_at (see reason)',
+  closes_at     TIMESTAMP(3) NOT NULL COMMENT 'end of the day in the zone + batch.late_allowance, UTC',
+  reason        TEXT NULL COMMENT 'while waiting: the partitions behind and how far they are archived',
+  final_at      TIMESTAMP(3) NULL COMMENT 'when the zone-day first turned final',
+  computed_at   TIMESTAMP(3) NULL COMMENT 'when the run that last wrote its rows finished (the version the serving layer caches by)',
+  revised_at    TIMESTAMP(3) NULL COMMENT 'last run that changed a total of one of its advertisers (day_revisions)',
+  checked_at    TIMESTAMP(3) NOT NULL COMMENT 'last time a run looked at this zone-day',
+  PRIMARY KEY (day, time_zone)
+) ENGINE=InnoDB
+;
+-- One row per revision of an advertiser-day: a run of a final day that changed any of
+-- its totals (late data). Totals are JSON objects {"<measure>": n, ..., "uv": n}.
+CREATE TABLE IF NOT EXISTS day_revisions (
+  day             DATE   NOT NULL,
+  advertiser_id   BIGINT NOT NULL,
+  revision        INT    NOT NULL COMMENT '1 = the first revision after the day turned final',
+  revised_at      TIMESTAMP(3) NOT NULL,
+  previous_totals JSON NOT NULL COMMENT 'the advertiser-day totals before this revision',
+  new_totals      JSON NOT NULL COMMENT 'the totals this revision wrote',
+  PRIMARY KEY (day, advertiser_id, revision)
+) ENGINE=InnoDB
+;
+-- Speed (provisional, Redis) minus batch (final) of every advertiser-day, recorded when
+-- the day turns final or is revised; one row per measure (`uv`: distinct users, where
+-- the speed layer's HyperLogLog may differ by its ~1 % error). A count or sum that is
+-- not 0 is lost or doubled data somewhere.
+CREATE TABLE IF NOT EXISTS reconciliation (
+  day           DATE   NOT NULL,
+  advertiser_id BIGINT NOT NULL,
+  measure       VARCHAR(64) NOT NULL COMMENT 'a column of daily_ad_metrics, or uv (the advertiser''s distinct users)',
+  speed         BIGINT NOT NULL COMMENT 'the speed layer''s number (Redis) when checked',
+  batch         BIGINT NOT NULL COMMENT 'the final number (daily_ad_metrics / daily_uv)',
+  diff          BIGINT NOT NULL COMMENT 'speed - batch',
+  checked_at    TIMESTAMP(3) NOT NULL,
+  PRIMARY KEY (day, advertiser_id, measure),
+  KEY reconciliation_by_advertiser (advertiser_id, day)
 ) ENGINE=InnoDB
 ;
 
@@ -113,6 +161,7 @@ CREATE TABLE IF NOT EXISTS batch_run_parts (
   output_rows   BIGINT NOT NULL,
   archive_rows  BIGINT NOT NULL COMMENT 'rows of this part''s input files when computed',
   finished_at   TIMESTAMP(3) NOT NULL,
+  complete_through TIMESTAMP(3) NULL COMMENT 'the archive of this part''s partitions was complete through this instant when it was read',
   PRIMARY KEY (day, shard)
 ) ENGINE=InnoDB
 ;

@@ -4,8 +4,12 @@
 //!
 //! Rules (design brief, "Serving layer" and "Finality"):
 //!
-//! - a day with a final or revised batch run comes from the batch results, wholly
-//!   (`source: batch`, `provisional: false`, `status` = its finality);
+//! - a day that is final for the advertiser (its time zone's day is `final` in
+//!   `day_finality`; the caller decides, [`Inputs::batch`]) comes from the batch
+//!   results, wholly (`source: batch`, `provisional: false`, `status` = `finality` =
+//!   `final`, or `revised` when `day_revisions` holds a revision of the
+//!   advertiser-day: then the row also carries `revised_at` and `revisions`, and by
+//!   day `previous`, the totals before the latest revision; [`Revision`]);
 //! - any other day comes from the speed layer (`source: speed`, `provisional: true`),
 //!   and a past one says `awaiting_batch: true`;
 //! - rows group by day, by day and ad, or by day and campaign; ad `0` and campaign `0`
@@ -14,7 +18,7 @@
 //! - totals add the counters of every row (UV is not additive and is left out); the
 //!   ratios (CTR, CPC, CVR, CPA, ROAS) are derived from the sums.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use common::counters::{Counters, Derived, Measure, UNATTRIBUTED_AD};
@@ -45,12 +49,13 @@ impl GroupBy {
     }
 }
 
-/// Finality of a batch day as `batch_runs` records it.
+/// Finality of a batch advertiser-day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Finality {
-    /// Batch results are final.
+    /// Batch results are final and no run has changed them since.
     Final,
-    /// Final, then recomputed because late data arrived.
+    /// Final, then recomputed because late data arrived, and the recomputation changed
+    /// the advertiser's totals (a `day_revisions` row).
     Revised,
 }
 
@@ -75,30 +80,46 @@ pub struct BatchAd {
     pub uv: i64,
 }
 
+/// The latest revision of an advertiser-day (`day_revisions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    /// How many revisions the advertiser-day has had (1 = revised once).
+    pub revisions: u32,
+    /// When the latest revision was written, ms UTC.
+    pub revised_at: i64,
+    /// The advertiser-day totals before the latest revision, as stored
+    /// (`previous_totals`): [`Measure`] name -> value (money in micros), plus `uv`, the
+    /// advertiser's distinct users.
+    pub previous: BTreeMap<String, i64>,
+}
+
 /// One final (or revised) day of an advertiser, as one batch run wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchDay {
-    /// Final or revised.
-    pub finality: Finality,
-    /// When the batch run finished, ms UTC; also the version of the day (a new run
-    /// has a later finish time).
+    /// When the batch run that last wrote the day's rows finished, ms UTC
+    /// (`day_finality.computed_at`); also the version of the day (a new run has a
+    /// later one).
     pub computed_at: i64,
+    /// The latest revision, read with the rows (`None`: never revised).
+    pub revision: Option<Revision>,
     /// Rows per ad.
     pub by_ad: BTreeMap<i64, BatchAd>,
     /// Exact UV per campaign (key 0 = the whole advertiser, from `daily_uv`).
     pub uv: BTreeMap<i64, i64>,
 }
 
-/// One advertiser-day of the speed layer, summed over Kafka partitions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpeedDay {
-    /// Counters per ad (ad 0 = unattributed effects).
-    pub by_ad: BTreeMap<i64, Counters>,
-    /// Last write time, ms UTC (`None`: nothing written for this day).
-    pub as_of: Option<i64>,
-    /// HyperLogLog counts of the scopes the grouping needs ([`uv_scopes`]).
-    pub uv: HashMap<UvScope, i64>,
+impl BatchDay {
+    /// Revised when the day has a revision, else final.
+    pub fn finality(&self) -> Finality {
+        if self.revision.is_some() {
+            Finality::Revised
+        } else {
+            Finality::Final
+        }
+    }
 }
+
+pub use common::speed_results::SpeedDay;
 
 /// The UV scopes a grouping shows for one speed day of `advertiser`: the advertiser
 /// (by day), every attributed ad (by ad), every campaign of an attributed ad (by
@@ -168,6 +189,25 @@ pub struct MetricsRow {
     pub provisional: bool,
     /// `final`, `revised` or `provisional`.
     pub status: &'static str,
+    /// Batch rows only: `final`, or `revised` when a batch run changed the
+    /// advertiser-day's totals after it was final (then `revised_at` and `revisions`
+    /// are set). Absent on speed rows (`status` says `provisional`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finality: Option<&'static str>,
+    /// Revised batch rows only (every grouping): when the latest revision was written
+    /// (RFC 3339, ms, UTC). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revised_at: Option<String>,
+    /// Revised batch rows only (every grouping): how many revisions the
+    /// advertiser-day has had (1 = revised once). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revisions: Option<u32>,
+    /// Revised batch rows grouped by day only: the advertiser-day totals before the
+    /// latest revision, as the batch layer stored them: measure name -> value (money
+    /// in micros) and `uv`. Absent otherwise (by ad or campaign the totals are the
+    /// advertiser's, not the row's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<BTreeMap<String, i64>>,
     /// A past day still on speed numbers because its batch run has not finished.
     pub awaiting_batch: bool,
     /// Last speed-layer write (RFC 3339), speed rows only.
@@ -231,7 +271,8 @@ pub struct Inputs<'a> {
     pub group_by: GroupBy,
     /// Today in the advertiser's zone (earlier speed days await their batch run).
     pub today: NaiveDate,
-    /// Final days (a day here is served from batch).
+    /// Final advertiser-days: exactly the days whose (day, advertiser's time zone) is
+    /// final, each as read at its version; a day here is served from batch.
     pub batch: &'a BTreeMap<NaiveDate, &'a BatchDay>,
     /// Speed days (days missing from both maps have no data: zero rows by day).
     pub speed: &'a BTreeMap<NaiveDate, &'a SpeedDay>,
@@ -300,6 +341,10 @@ fn speed_rows(
         source: "speed",
         provisional: true,
         status: "provisional",
+        finality: None,
+        revised_at: None,
+        revisions: None,
+        previous: None,
         awaiting_batch: past,
         as_of: as_of.clone(),
         computed_at: None,
@@ -350,13 +395,19 @@ fn speed_rows(
 
 fn batch_rows(out: &mut Vec<MetricsRow>, day: NaiveDate, b: &BatchDay, group_by: GroupBy) {
     let computed_at = rfc3339_ms(b.computed_at);
+    let finality = b.finality().as_str();
+    let revised_at = b.revision.as_ref().map(|r| rfc3339_ms(r.revised_at));
     let row = |ad_id, campaign_id, counters: Counters, uv: i64| MetricsRow {
         day,
         ad_id,
         campaign_id,
         source: "batch",
         provisional: false,
-        status: b.finality.as_str(),
+        status: finality,
+        finality: Some(finality),
+        revised_at: revised_at.clone(),
+        revisions: b.revision.as_ref().map(|r| r.revisions),
+        previous: None,
         awaiting_batch: false,
         as_of: None,
         computed_at: Some(computed_at.clone()),
@@ -372,7 +423,10 @@ fn batch_rows(out: &mut Vec<MetricsRow>, day: NaiveDate, b: &BatchDay, group_by:
             for a in b.by_ad.values() {
                 sum += &a.counters;
             }
-            out.push(row(None, None, sum, b.uv.get(&0).copied().unwrap_or(0)));
+            out.push(MetricsRow {
+                previous: b.revision.as_ref().map(|r| r.previous.clone()),
+                ..row(None, None, sum, b.uv.get(&0).copied().unwrap_or(0))
+            });
         }
         GroupBy::Ad => out.extend(
             b.by_ad
@@ -400,6 +454,8 @@ fn batch_rows(out: &mut Vec<MetricsRow>, day: NaiveDate, b: &BatchDay, group_by:
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn d(day: u32) -> NaiveDate {
@@ -414,12 +470,19 @@ mod tests {
         c
     }
 
-    /// Day 1 final (ads 11 and 12 of campaign 1, ad 0 unattributed), day 2 provisional,
-    /// day 3 without data; today is day 3.
+    /// When day 1 was revised the second time.
+    const REVISED_AT: i64 = 1_764_050_000_123;
+
+    /// Day 1 final and revised twice (ads 11 and 12 of campaign 1, ad 0
+    /// unattributed), day 2 provisional, day 3 without data; today is day 3.
     fn fixture() -> (BatchDay, SpeedDay, BTreeMap<i64, i64>) {
         let batch = BatchDay {
-            finality: Finality::Revised,
             computed_at: 1_764_000_000_000,
+            revision: Some(Revision {
+                revisions: 2,
+                revised_at: REVISED_AT,
+                previous: BTreeMap::from([("clicks".to_owned(), 3), ("uv".to_owned(), 5)]),
+            }),
             by_ad: BTreeMap::from([
                 (
                     0,
@@ -537,6 +600,92 @@ mod tests {
             (speed_ad.campaign_id, speed_ad.metrics.uv),
             (Some(1), Some(8))
         );
+    }
+
+    fn row_json(a: &MetricsAnswer, i: usize) -> serde_json::Value {
+        serde_json::to_value(&a.rows[i]).unwrap()
+    }
+
+    #[test]
+    fn a_revised_day_says_when_and_what_it_was() {
+        let by_day = merged(GroupBy::Day);
+        let revised = row_json(&by_day, 0);
+        assert_eq!(revised["status"], "revised");
+        assert_eq!(revised["finality"], "revised");
+        assert_eq!(revised["revised_at"], "2025-11-25T05:53:20.123Z");
+        assert_eq!(revised["revised_at"], rfc3339_ms(REVISED_AT));
+        assert_eq!(revised["revisions"], 2);
+        assert_eq!(
+            revised["previous"],
+            serde_json::json!({"clicks": 3, "uv": 5})
+        );
+        assert_eq!(revised["computed_at"], rfc3339_ms(1_764_000_000_000));
+        // Speed rows carry none of it.
+        let speed = row_json(&by_day, 1);
+        for field in [
+            "finality",
+            "revised_at",
+            "revisions",
+            "previous",
+            "computed_at",
+        ] {
+            assert!(speed.get(field).is_none(), "speed row has {field}: {speed}");
+        }
+        // By ad or campaign every batch row of the day says it is revised and when, but
+        // not the advertiser's previous totals.
+        for g in [GroupBy::Ad, GroupBy::Campaign] {
+            let a = merged(g);
+            let batch: Vec<_> = (0..a.rows.len())
+                .filter(|i| a.rows[*i].source == "batch")
+                .map(|i| row_json(&a, i))
+                .collect();
+            assert!(!batch.is_empty());
+            for r in batch {
+                assert_eq!(
+                    (&r["finality"], &r["revised_at"], &r["revisions"]),
+                    (
+                        &serde_json::json!("revised"),
+                        &serde_json::json!(rfc3339_ms(REVISED_AT)),
+                        &serde_json::json!(2)
+                    ),
+                    "{g:?}: {r}"
+                );
+                assert!(r.get("previous").is_none(), "{g:?}: {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_final_day_without_revision_has_no_revision_fields() {
+        let (mut b, _, campaigns) = fixture();
+        b.revision = None;
+        assert_eq!(b.finality(), Finality::Final);
+        let batch = BTreeMap::from([(d(1), &b)]);
+        for g in [GroupBy::Day, GroupBy::Ad, GroupBy::Campaign] {
+            let a = answer(&Inputs {
+                advertiser_id: 7,
+                time_zone: "UTC",
+                final_through: Some(d(1)),
+                from: d(1),
+                to: d(1),
+                group_by: g,
+                today: d(3),
+                batch: &batch,
+                speed: &BTreeMap::new(),
+                campaigns: &campaigns,
+            });
+            for i in 0..a.rows.len() {
+                let r = row_json(&a, i);
+                assert_eq!(
+                    (&r["status"], &r["finality"]),
+                    (&serde_json::json!("final"), &serde_json::json!("final")),
+                    "{g:?}: {r}"
+                );
+                for field in ["revised_at", "revisions", "previous"] {
+                    assert!(r.get(field).is_none(), "{g:?}: {field} in {r}");
+                }
+            }
+        }
     }
 
     #[test]

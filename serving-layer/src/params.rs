@@ -42,26 +42,28 @@ pub fn query<const N: usize>(
     Ok(out)
 }
 
-/// Validated parameters of a metrics request.
+/// A validated `from..=to` range of days (`from` and `to` parameters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
+pub struct DayRange {
     /// First day, inclusive.
     pub from: NaiveDate,
     /// Last day, inclusive.
     pub to: NaiveDate,
-    /// Grouping.
-    pub group_by: GroupBy,
 }
 
-impl Range {
-    /// Parses `from`, `to` and `group_by` (default `day`) of a metrics query; the range
-    /// may span at most `max_days` days.
+impl DayRange {
+    /// Parses `from` and `to` (both required) of a query; the range may span at most
+    /// `max_days` days. Other parameters are ignored.
     ///
     /// # Errors
     ///
     /// A 400 naming the parameter.
-    pub fn parse(raw: Option<&str>, max_days: i64) -> Result<Range, ApiError> {
-        let [from, to, group_by] = query(raw, ["from", "to", "group_by"])?;
+    pub fn parse(raw: Option<&str>, max_days: i64) -> Result<DayRange, ApiError> {
+        let [from, to] = query(raw, ["from", "to"])?;
+        DayRange::of(from, to, max_days)
+    }
+
+    fn of(from: Option<String>, to: Option<String>, max_days: i64) -> Result<DayRange, ApiError> {
         let date = |name: &'static str, v: Option<String>| {
             let v =
                 v.ok_or_else(|| ApiError::bad(name, format!("`{name}` is required (YYYY-MM-DD)")))?;
@@ -82,6 +84,31 @@ impl Range {
                 format!("the range has {days} days; at most {max_days} are allowed"),
             ));
         }
+        Ok(DayRange { from, to })
+    }
+}
+
+/// Validated parameters of a metrics request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    /// First day, inclusive.
+    pub from: NaiveDate,
+    /// Last day, inclusive.
+    pub to: NaiveDate,
+    /// Grouping.
+    pub group_by: GroupBy,
+}
+
+impl Range {
+    /// Parses `from`, `to` and `group_by` (default `day`) of a metrics query; the range
+    /// may span at most `max_days` days ([`DayRange`]).
+    ///
+    /// # Errors
+    ///
+    /// A 400 naming the parameter.
+    pub fn parse(raw: Option<&str>, max_days: i64) -> Result<Range, ApiError> {
+        let [from, to, group_by] = query(raw, ["from", "to", "group_by"])?;
+        let DayRange { from, to } = DayRange::of(from, to, max_days)?;
         let group_by = match group_by.as_deref().unwrap_or("day") {
             "day" => GroupBy::Day,
             "ad" => GroupBy::Ad,
@@ -149,6 +176,23 @@ mod tests {
         let r = Range::parse(Some("from=2026-11-01&to=2026-11-02&group_by=ad&utm=x"), 31).unwrap();
         assert_eq!(r.group_by, GroupBy::Ad);
         assert_eq!(r.from, NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+    }
+
+    #[test]
+    fn a_day_range_has_the_limits_of_a_metrics_range_and_no_grouping() {
+        let bad = |q: &str| param_of(DayRange::parse(Some(q), 31).unwrap_err());
+        assert_eq!(bad("from=2026-11-05&to=2026-11-02"), "from");
+        assert_eq!(bad("from=2026-01-01&to=2026-11-02"), "to");
+        assert_eq!(bad("from=2026-11-01"), "to");
+        assert_eq!(bad("from=2026-11-01&to=2026-11-02&to=2026-11-03"), "to");
+        let r = DayRange::parse(Some("from=2026-11-01&to=2026-11-02&group_by=week"), 31).unwrap();
+        assert_eq!(
+            (r.from, r.to),
+            (
+                NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+                NaiveDate::from_ymd_opt(2026, 11, 2).unwrap()
+            )
+        );
     }
 
     #[test]

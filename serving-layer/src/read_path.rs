@@ -1,8 +1,9 @@
 //! The read path: what a metrics request costs, and why it is cheap.
 //!
 //! The dashboard is read far more often than its numbers change. Final days change
-//! only when a batch run replaces them; provisional days only when the speed layer
-//! completes a flush (every 10 s per partition). So the read path caches by those
+//! only when a batch run replaces them (a new `computed_at` of their zone-day in
+//! `day_finality`); provisional days only when the speed layer completes a flush
+//! (every 10 s per partition). So the read path caches by those
 //! versions, as Apache Druid's brokers cache per-segment results of immutable
 //! segments, and a request costs O(days) in-process lookups, not
 //! O(days x partitions x scopes) round trips.
@@ -11,8 +12,8 @@
 //!
 //! | what | version | bound (polled every half of it) |
 //! |---|---|---|
-//! | final days | per day: its run's `finished_at` (`batch_runs`, [`crate::batch::read_catalog`]); the whole catalog hashes to the *batch generation* | `serving.batch_staleness` (1 s): a day replaced by a new run is served from the new run at most this long after the run committed |
-//! | provisional days | the *flush generation*: a hash of every partition's `flush_seq` ([`crate::speed::SpeedReader::flush_generation`]) | `serving.speed_staleness` (1 s): an answer is never older than the last completed flush by more than this |
+//! | final days | per (day, time zone) with `status = 'final'`: the `computed_at` of the run that last wrote its rows (`day_finality`, [`crate::batch::read_catalog`]); an advertiser-day is final iff (day, the advertiser's zone) is in the catalog; the whole catalog hashes to the *batch generation* | `serving.batch_staleness` (1 s): a zone-day turned final, or replaced (revised) by a new run, is served from the new rows at most this long after the run committed |
+//! | provisional days | the *flush generation*: a hash of every partition's `flush_seq` ([`common::speed_results::SpeedReader::flush_generation`]) | `serving.speed_staleness` (1 s): an answer is never older than the last completed flush by more than this |
 //!
 //! A poll older than its bound is never used: when the poller is late or failing
 //! (MySQL or Redis down), a request reads the version itself (and answers 503 if that
@@ -23,19 +24,20 @@
 //! | cache | key | valid while |
 //! |---|---|---|
 //! | answers | (advertiser, from, to, group_by) | its batch generation, flush generation and the advertiser's today are current |
-//! | final advertiser-days | (advertiser, day, run `finished_at`) | forever: a new run is a new key |
+//! | final advertiser-days (rows and latest revision) | (advertiser, day, zone-day `computed_at`) | forever: a new run (a revision too) is a new key |
 //! | provisional advertiser-days | (advertiser, day, group_by), holding counters and HyperLogLog counts | its flush generation is current |
-//! | advertisers | id -> time zone, `final_through` | its batch generation is current (`final_through` moves with a run), at most `serving.dimension_cache_ttl` |
+//! | advertisers | id -> time zone (which zone-days of the catalog apply), `final_through` | its batch generation is current (`final_through` moves with a run), at most `serving.dimension_cache_ttl` |
 //! | ad -> campaign | advertiser | `serving.dimension_cache_ttl`, reloaded at once when a speed day names an ad it lacks |
 //!
-//! A miss reads only what it lacks: the missing final days in one MySQL transaction
-//! ([`crate::batch::load_days`]), the missing provisional days in one pipeline per
-//! partition slot ([`crate::speed::SpeedReader`]). Counts and sums are the sums of the
+//! A miss reads only what it lacks: the missing final days, their versions and their
+//! latest `day_revisions` rows in one MySQL transaction ([`crate::batch::load_days`]),
+//! the missing provisional days in one pipeline per partition slot
+//! ([`common::speed_results::SpeedReader`]). Counts and sums are the sums of the
 //! per-partition hashes exactly as before; UV is the sum of the per-partition
 //! HyperLogLog counts. On Redis Cluster every read is pipelined per slot, all in
 //! flight at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,26 +52,30 @@ use mysql_async::prelude::Queryable;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, DayVersion};
+use crate::batch::{self, Catalog};
 use crate::error::ApiError;
 use crate::merge::{self, BatchDay, GroupBy, SpeedDay};
-use crate::speed::SpeedReader;
+use common::speed_results::SpeedReader;
 
-/// Which days are final, and in which version, as of one poll of `batch_runs`.
+/// Which (day, time zone) pairs are final, and in which version, as of one poll of
+/// `day_finality`.
 #[derive(Debug, Default)]
 pub struct BatchCatalog {
-    /// Hash of `days`: changes whenever any day's finality or version does.
+    /// Hash of `days`: changes whenever any zone-day turns final or gets a new version.
     pub generation: u64,
-    /// Final or revised days.
-    pub days: HashMap<NaiveDate, DayVersion>,
+    /// Final zone-days -> `computed_at`, ms UTC.
+    pub days: Catalog,
     /// When the read started (`None`: never).
     pub read_at: Option<Instant>,
 }
 
 impl BatchCatalog {
-    fn of(days: HashMap<NaiveDate, DayVersion>, read_at: Instant) -> Self {
-        let mut sorted: Vec<_> = days.iter().collect();
-        sorted.sort_unstable_by_key(|(d, _)| **d);
+    fn of(days: Catalog, read_at: Instant) -> Self {
+        let mut sorted: Vec<(NaiveDate, &str, i64)> = days
+            .iter()
+            .map(|((d, tz), v)| (*d, tz.name(), *v))
+            .collect();
+        sorted.sort_unstable();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         sorted.hash(&mut h);
         BatchCatalog {
@@ -199,7 +205,7 @@ impl ReadPath {
             Arc::clone(self),
             self.batch_staleness / 2,
             shutdown.clone(),
-            "reading batch_runs failed; requests read it themselves",
+            "reading day_finality failed; requests read it themselves",
             |me| async move { me.refresh_catalog().await.map(drop) },
         );
         spawn_poller(
@@ -332,7 +338,7 @@ impl ReadPath {
         }
         metrics::counter!(CACHE_LOOKUPS, "cache" => "answer", "result" => "miss").increment(1);
         let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
-        let batch = self.batch_days(adv.id, &days, &catalog).await?;
+        let batch = self.batch_days(adv, &days, &catalog).await?;
         let speed_wanted: Vec<NaiveDate> = days
             .iter()
             .copied()
@@ -382,20 +388,21 @@ impl ReadPath {
         Ok(body)
     }
 
-    /// The final days among `days`, from the cache or, for the missing ones, MySQL.
+    /// The days among `days` that are final for `adv` (final in its time zone), from
+    /// the cache or, for the missing ones, MySQL.
     async fn batch_days(
         &self,
-        adv: i64,
+        adv: &Advertiser,
         days: &[NaiveDate],
         catalog: &BatchCatalog,
     ) -> Result<BTreeMap<NaiveDate, Arc<BatchDay>>, ApiError> {
         let mut out = BTreeMap::new();
         let mut missing = Vec::new();
         for d in days {
-            let Some(v) = catalog.days.get(d) else {
+            let Some(v) = catalog.days.get(&(*d, adv.tz)) else {
                 continue;
             };
-            match self.batch_days.get(&(adv, *d, v.finished_at)) {
+            match self.batch_days.get(&(adv.id, *d, *v)) {
                 Some(b) => {
                     out.insert(*d, b);
                 }
@@ -403,12 +410,12 @@ impl ReadPath {
             }
         }
         if !missing.is_empty() {
-            for (d, b) in batch::load_days(&self.pool, adv, &missing).await? {
+            for (d, b) in batch::load_days(&self.pool, adv.id, adv.tz, &missing).await? {
                 // Keyed by the version read with the rows (never older than the
                 // catalog's: the transaction started after the catalog was read).
                 let b = Arc::new(b);
                 self.batch_days
-                    .insert((adv, d, b.computed_at), Arc::clone(&b));
+                    .insert((adv.id, d, b.computed_at), Arc::clone(&b));
                 out.insert(d, b);
             }
         }

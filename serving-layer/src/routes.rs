@@ -3,9 +3,10 @@
 //! | route | answers |
 //! |---|---|
 //! | `GET /v1/me` | the key's role and advertiser |
-//! | `GET /v1/advertisers/{id}/metrics?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day\|ad\|campaign` | metrics per day (and ad or campaign), each row marked final (batch) or provisional (speed) |
+//! | `GET /v1/advertisers/{id}/metrics?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day\|ad\|campaign` | metrics per day (and ad or campaign), each row marked final or revised (batch; a revised row says when and, by day, what the totals were) or provisional (speed) |
 //! | `GET /v1/advertisers/{id}/realtime?minutes=N` | today's 10-second series ([`crate::live`]) |
 //! | `GET /v1/advertisers/{id}/freshness` | last speed write, last final day, last batch run |
+//! | `GET /v1/advertisers/{id}/reconciliation?from=YYYY-MM-DD&to=YYYY-MM-DD` | internal keys only (an advertiser key gets 404): speed vs batch of each reconciled advertiser-day ([`crate::reconciliation`]) |
 //! | `GET /openapi.json` | the OpenAPI 3.0 description of these routes |
 //! | `GET /` | the advertiser dashboard (static page, `serving-layer/static/`) |
 //! | `GET /healthz` | 200 when Redis answers |
@@ -31,6 +32,7 @@ use crate::auth::{self, Auth};
 use crate::error::ApiError;
 use crate::live;
 use crate::params::{AdvertiserSegment, Range};
+use crate::reconciliation;
 use crate::state::AppState;
 
 /// `Content-Security-Policy` of every answer: the dashboard loads its script, styles
@@ -49,6 +51,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/advertisers/{id}/metrics", get(metrics_handler))
         .route("/v1/advertisers/{id}/realtime", get(live::realtime))
         .route("/v1/advertisers/{id}/freshness", get(live::freshness))
+        .route(
+            "/v1/advertisers/{id}/reconciliation",
+            get(reconciliation::reconciliation),
+        )
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),

@@ -22,6 +22,42 @@ const num = (n) => (n ?? 0).toLocaleString();
 const pct = (r) => (r == null ? "–" : `${(r * 100).toFixed(2)}%`);
 const ratio = (r) => (r == null ? "–" : r.toFixed(2));
 const isoDay = (d) => d.toISOString().slice(0, 10);
+const isNum = (v) => typeof v === "number";
+
+// What the table shows of a revised day's previous totals (r.previous, group_by=day):
+// one formatted value per column (null: nothing to compare), from the same measures
+// as the row's own cells.
+function previousCells(p) {
+  const has = (...names) => names.every((n) => isNum(p[n]));
+  return [
+    null, null,
+    has("exposures") ? num(p.exposures) : null,
+    has("clicks") ? num(p.clicks) : null,
+    has("cost_micros") ? money(p.cost_micros) : null,
+    has("uv") ? num(p.uv) : null,
+    null, null,
+    has("orders_direct", "orders_indirect") ? `${num(p.orders_direct)} / ${num(p.orders_indirect)}` : null,
+    has("gmv_micros_direct", "gmv_micros_indirect") ? money(p.gmv_micros_direct + p.gmv_micros_indirect) : null,
+    null,
+  ];
+}
+
+const COLUMN_NAMES = [null, null, "exposures", "clicks", "cost", "UV", null, null, "orders (direct / indirect)", "GMV", null];
+
+function badgeTitle(r) {
+  if (r.provisional) return `speed layer, as of ${r.as_of ?? "–"}`;
+  let t = `batch run finished ${r.computed_at}`;
+  if (r.revised_at) {
+    t += `; revised ${r.revised_at}${r.revisions > 1 ? ` (${r.revisions} revisions)` : ""}`;
+    if (r.previous) {
+      const prev = previousCells(r.previous)
+        .map((v, i) => (v == null ? null : `${COLUMN_NAMES[i]} ${v}`))
+        .filter((x) => x != null);
+      if (prev.length) t += `; before the revision: ${prev.join(", ")}`;
+    }
+  }
+  return t;
+}
 
 async function login(event) {
   event.preventDefault();
@@ -92,9 +128,12 @@ function renderTable(answer) {
   for (const r of answer.rows) {
     const m = r.metrics;
     const tr = document.createElement("tr");
-    tr.className = r.provisional ? "provisional" : "final";
+    const revised = !r.provisional && r.finality === "revised";
+    // A revised day is still final: it keeps the "final" class and adds "revised".
+    tr.className = r.provisional ? "provisional" : revised ? "final revised" : "final";
     tr.dataset.day = r.day;
     tr.dataset.status = r.status;
+    if (revised) tr.dataset.revisedAt = r.revised_at ?? "";
     const label = r.provisional
       ? `provisional${r.awaiting_batch ? " — awaiting batch" : ""}`
       : r.status;
@@ -104,16 +143,25 @@ function renderTable(answer) {
       `${num(m.orders_direct)} / ${num(m.orders_indirect)}`,
       money(m.gmv_micros_direct + m.gmv_micros_indirect), ratio(r.derived.roas),
     ];
+    const was = revised && r.previous ? previousCells(r.previous) : [];
     cells.forEach((c, i) => {
       const td = document.createElement("td");
       if (i === 1) {
         const b = document.createElement("span");
         b.className = `badge ${r.provisional ? "provisional" : r.status}`;
         b.textContent = label;
-        b.title = r.provisional ? `speed layer, as of ${r.as_of ?? "–"}` : `batch run finished ${r.computed_at}`;
+        b.title = badgeTitle(r);
         td.append(b);
       } else {
         td.textContent = c;
+        // A revised day shows what a changed number was before the revision.
+        if (was[i] != null && was[i] !== c) {
+          const w = document.createElement("span");
+          w.className = "was";
+          w.textContent = `was ${was[i]}`;
+          w.title = `before the revision of ${r.revised_at ?? "–"}`;
+          td.append(w);
+        }
       }
       tr.append(td);
     });
@@ -162,19 +210,24 @@ function renderChart(rows) {
   rows.forEach((r, i) => {
     const h = ((height - top - bottom) * r.metrics.clicks) / max;
     const x = left + i * step + (step - barW) / 2;
+    const revised = !r.provisional && r.finality === "revised";
     const bar = el("rect", {
       x, y: height - bottom - h, width: barW, height: Math.max(h, 1),
       fill: r.provisional ? "url(#hatch)" : "#2f6fdb",
-      stroke: r.provisional ? "#f0a500" : "none",
+      stroke: r.provisional ? "#f0a500" : revised ? "#1f4f99" : "none",
+      "stroke-width": revised ? 2 : 1,
       "stroke-dasharray": r.provisional ? "3 2" : "",
-      class: r.provisional ? "bar provisional" : "bar final",
+      class: r.provisional ? "bar provisional" : revised ? "bar final revised" : "bar final",
       "data-day": r.day,
     });
-    bar.append(el("title", {}, `${r.day}: ${num(r.metrics.clicks)} clicks, ${money(r.metrics.cost_micros)} cost — ${r.provisional ? "provisional" : r.status}`));
+    const wasClicks = revised && r.previous && isNum(r.previous.clicks) ? ` (was ${num(r.previous.clicks)} clicks)` : "";
+    bar.append(el("title", {}, `${r.day}: ${num(r.metrics.clicks)} clicks, ${money(r.metrics.cost_micros)} cost — ${r.provisional ? "provisional" : r.status}${revised ? ` ${r.revised_at ?? ""}${wasClicks}` : ""}`));
     svg.append(bar);
     svg.append(el("text", { x: x + barW / 2, y: height - bottom + 14, "text-anchor": "middle" }, r.day.slice(5)));
     if (r.provisional) {
       svg.append(el("text", { x: x + barW / 2, y: height - bottom + 28, "text-anchor": "middle", class: "provisional-label" }, "prov."));
+    } else if (revised) {
+      svg.append(el("text", { x: x + barW / 2, y: height - bottom + 28, "text-anchor": "middle", class: "revised-label" }, "rev."));
     }
   });
 }

@@ -20,6 +20,7 @@ async fn archive_all(env: &mut TestEnv, expected_rows: usize) {
         archive::rows(&dir) >= expected_rows as i64
     })
     .await;
+    env.wait_archive_complete(Duration::from_secs(60)).await;
 }
 
 type DbRow = (i64, i64, i64, Vec<i64>);
@@ -71,6 +72,7 @@ async fn run_row(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_is_exact_and_recompute_equals_an_independent_computation() {
     let mut env = TestEnv::new(4).await;
+    env.data_ends_days_ago = 1;
     env.cfg.batch.archive_max_rows = 3_000;
     env.cfg.batch.archive_max_age = Duration::from_millis(500);
     let r = env.replay(20_000).await;
@@ -196,8 +198,12 @@ async fn sigkilled_archiver_leaves_no_duplicate_and_no_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_corrupt_input_fails_the_run_without_partial_results() {
     let mut env = TestEnv::new(2).await;
+    env.data_ends_days_ago = 1;
     env.cfg.batch.archive_max_age = Duration::from_millis(300);
-    // Missing: nothing archived for that day.
+    let r = env.replay(3_000).await;
+    env.start_archiver();
+    archive_all(&mut env, r.events.len()).await;
+    // Missing: nothing archived for that (closed) day.
     let err = env
         .run("batch-layer", &["recompute", "--day", "2026-01-05"])
         .await
@@ -209,9 +215,6 @@ async fn missing_or_corrupt_input_fails_the_run_without_partial_results() {
     assert!(run.2.unwrap().contains("no archive files"));
 
     // Corrupt: a final day whose file is damaged keeps its final results.
-    let r = env.replay(3_000).await;
-    env.start_archiver();
-    archive_all(&mut env, r.events.len()).await;
     let (_, last) = days_of(&r.events);
     env.run("batch-layer", &["recompute", "--day", &last.to_string()])
         .await
@@ -241,6 +244,7 @@ async fn missing_or_corrupt_input_fails_the_run_without_partial_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_data_for_a_final_day_is_archived_noticed_and_revised() {
     let mut env = TestEnv::new(2).await;
+    env.data_ends_days_ago = 1;
     env.cfg.batch.archive_max_age = Duration::from_millis(300);
     let r = env.replay(3_000).await;
     env.start_archiver();
@@ -288,6 +292,46 @@ async fn late_data_for_a_final_day_is_archived_noticed_and_revised() {
         run_row(&env, first).await.map(|r| r.0),
         Some("revised".into())
     );
+
+    // The API row of the revised day says when it was revised and what it was.
+    env.start_server().await;
+    let key = env.api_key(&["--advertiser", &adv.to_string()]).await;
+    let url = format!(
+        "{}/v1/advertisers/{adv}/metrics?from={first}&to={first}",
+        env.api_base()
+    );
+    let (s, body) = admetrics_tests::get_json(&url, Some(&key)).await;
+    assert_eq!(s, 200, "{body}");
+    let row = &body["rows"][0];
+    let total = |rows: &BTreeMap<(i64, i64), (i64, i64, Vec<i64>)>, m: Measure| -> i64 {
+        rows.iter()
+            .filter(|((a, _), _)| *a == adv)
+            .map(|(_, r)| r.2[m as usize])
+            .sum()
+    };
+    assert_eq!(row["status"], "revised", "{row}");
+    assert!(row["revised_at"].is_string(), "{row}");
+    assert_eq!(row["revisions"], 1, "{row}");
+    assert_eq!(
+        row["previous"]["clicks"],
+        total(&before, Measure::Clicks),
+        "{row}"
+    );
+    assert_eq!(
+        row["previous"]["cost_micros"],
+        total(&before, Measure::CostMicros),
+        "{row}"
+    );
+    assert_eq!(
+        row["metrics"]["clicks"],
+        total(&after, Measure::Clicks),
+        "{row}"
+    );
+    assert_eq!(
+        row["metrics"]["cost_micros"],
+        total(&after, Measure::CostMicros),
+        "{row}"
+    );
 }
 
 /// Every result row of `days`: `daily_ad_metrics` (as [`db_rows`]) and `daily_uv`.
@@ -326,6 +370,7 @@ async fn recompute_part(env: &TestEnv, days: (chrono::NaiveDate, chrono::NaiveDa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_give_the_same_rows_as_one() {
     let mut env = TestEnv::new(4).await;
+    env.data_ends_days_ago = 1;
     env.cfg.batch.archive_max_age = Duration::from_millis(500);
     let r = env.replay(20_000).await;
     env.start_archiver();
@@ -406,6 +451,7 @@ impl S3Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_archive_works_on_an_s3_compatible_store() {
     let mut env = TestEnv::new(4).await;
+    env.data_ends_days_ago = 1;
     let s3 = S3Server::start("archive").await;
     env.cfg.batch.archive_url = "s3://archive/admetrics".into();
     env.cfg.batch.archive_max_age = Duration::from_millis(500);

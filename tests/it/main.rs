@@ -9,6 +9,7 @@ mod cluster;
 mod crash;
 mod dlq;
 mod e2e;
+mod finality;
 mod group;
 mod manifests;
 mod read_path;

@@ -195,6 +195,7 @@ async fn a_final_day_replaced_by_a_new_run_is_served_from_it_within_the_bound() 
     let mut env = TestEnv::new(2).await;
     env.cfg.serving.rate_limit_per_second = 10_000;
     env.cfg.serving.rate_limit_burst = 10_000;
+    env.data_ends_days_ago = 1;
     let r = env.replay_through_pipeline(3_000).await;
     let (first, _) = days_of(&r.events);
     env.recompute(first, first).await;
@@ -220,8 +221,9 @@ async fn a_final_day_replaced_by_a_new_run_is_served_from_it_within_the_bound() 
     // Served from the cache now (the same answer again).
     assert_eq!(get_json(&url, Some(&key)).await.1, before);
 
-    // What a new run of the day writes, in one transaction: the day's rows and its
-    // batch_runs record (here: one more click on one ad, revised, a new finish time).
+    // What a new run of the day writes, in one transaction: the day's rows, its
+    // zone's `day_finality` version and, since a total changed, a revision (here: one
+    // more click on one ad, a new finish time).
     let pool = env.mysql();
     let mut conn = pool.get_conn().await.unwrap();
     let mut tx = conn
@@ -235,8 +237,16 @@ async fn a_final_day_replaced_by_a_new_run_is_served_from_it_within_the_bound() 
     .await
     .unwrap();
     tx.exec_drop(
-        "UPDATE batch_runs SET finality = 'revised', finished_at = CURRENT_TIMESTAMP(3) + INTERVAL 1 SECOND WHERE day = ?",
+        "UPDATE day_finality SET computed_at = CURRENT_TIMESTAMP(3) + INTERVAL 1 SECOND, \
+         revised_at = CURRENT_TIMESTAMP(3) WHERE day = ?",
         (first,),
+    )
+    .await
+    .unwrap();
+    tx.exec_drop(
+        "INSERT INTO day_revisions (day, advertiser_id, revision, revised_at, previous_totals, new_totals) \
+         VALUES (?, ?, 1, CURRENT_TIMESTAMP(3), JSON_OBJECT('clicks', ?), JSON_OBJECT('clicks', ?))",
+        (first, adv, clicks, clicks + 1),
     )
     .await
     .unwrap();

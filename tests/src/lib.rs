@@ -32,6 +32,10 @@ pub struct TestEnv {
     pub cfg: Config,
     /// This test's state directory.
     pub state_dir: PathBuf,
+    /// `n > 0`: [`TestEnv::replay`] shifts the data to end on the day `n` days before
+    /// today at the latest (every replayed day has closed and may turn final); 0 (the
+    /// default): at most now.
+    pub data_ends_days_ago: i64,
     children: Vec<(String, Child)>,
 }
 
@@ -117,6 +121,10 @@ impl TestEnv {
         std::fs::create_dir_all(&state_dir).expect("state dir");
         cfg.state_dir = state_dir.clone();
         cfg.batch.archive_url = state_dir.join("archive").display().to_string();
+        // A replayed day may turn final as soon as it has ended (tests of the late
+        // allowance set their own): the data ends today or yesterday, and a test run
+        // shortly after midnight must still find yesterday closed.
+        cfg.batch.late_allowance = Duration::ZERO;
 
         // Redis
         let r = redis::Client::open(cfg.redis.url.expose()).expect("redis url");
@@ -173,6 +181,7 @@ impl TestEnv {
             id,
             cfg,
             state_dir,
+            data_ends_days_ago: 0,
             children: Vec::new(),
         }
     }
@@ -623,22 +632,29 @@ impl TestEnv {
 }
 
 impl TestEnv {
-    /// Replays the first `rows` rows of the data set into this test's topics and MySQL.
+    /// Replays the first `rows` rows of the data set into this test's topics and MySQL,
+    /// shifted by whole days so that the last event is at most now (or, with
+    /// [`TestEnv::data_ends_days_ago`], before the day that many days ago ends).
     pub async fn replay(&self, rows: usize) -> Replayed {
         let data = dataset_path();
-        let out = self
-            .run(
-                "speed-layer",
-                &[
-                    "replay",
-                    "--data",
-                    data.to_str().unwrap_or_default(),
-                    "--limit",
-                    &rows.to_string(),
-                ],
-            )
-            .await
-            .expect("replay");
+        let mut args = vec![
+            "replay".to_owned(),
+            "--data".to_owned(),
+            data.to_str().unwrap_or_default().to_owned(),
+            "--limit".to_owned(),
+            rows.to_string(),
+        ];
+        if self.data_ends_days_ago > 0 {
+            let mut r = common::dataset::read(&data).expect("data set");
+            r.truncate(rows);
+            let day_ms = common::event::DAY_MS;
+            let today = common::day::now_ms().div_euclid(day_ms);
+            let end = (today - self.data_ends_days_ago + 1) * day_ms - 1;
+            let shift = common::dataset::shift_days(&r, end, false);
+            args.extend(["--shift".to_owned(), shift.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run("speed-layer", &args).await.expect("replay");
         let summary: serde_json::Value =
             serde_json::from_str(&out).expect("replay prints a JSON summary");
         let shift = summary["shift_days"].as_i64().expect("shift_days");
@@ -668,7 +684,38 @@ impl TestEnv {
             archive::rows(&dir) >= n
         })
         .await;
+        self.wait_archive_complete(Duration::from_secs(60)).await;
         r
+    }
+
+    /// Waits until the archiver's progress records say every partition of both topics
+    /// is archived up to its end offset (what a recompute checks before a day may turn
+    /// final); panics after `timeout`.
+    pub async fn wait_archive_complete(&self, timeout: Duration) {
+        let archive = batch_layer::archive::store::open(&self.cfg.batch).expect("archive");
+        let cfg = self.cfg.clone();
+        wait_until(
+            timeout,
+            "the archive progress to reach every end offset",
+            || {
+                let (cfg, archive) = (cfg.clone(), archive.clone());
+                async move {
+                    batch_layer::finality::archive_completeness(
+                        &cfg,
+                        &archive,
+                        batch_layer::recompute::Shard::WHOLE,
+                        common::day::now_ms(),
+                    )
+                    .await
+                    .is_ok_and(|c| {
+                        c.partitions
+                            .iter()
+                            .all(|p| p.archived_offset >= p.end_offset)
+                    })
+                }
+            },
+        )
+        .await;
     }
 }
 

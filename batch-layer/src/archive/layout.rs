@@ -3,6 +3,7 @@
 //! ```text
 //! <root>/topic=<topic>/date=<YYYY-MM-DD>/hour=<HH>/p<PPP>-<first offset>-<last offset>.parquet
 //! <root>/_intents/topic=<topic>/p<PPP>.json
+//! <root>/_progress/topic=<topic>/p<PPP>.json   (how far the archive is complete: [`super::progress`])
 //! ```
 //!
 //! `date` and `hour` are the event time's UTC date and hour, so late events land in
@@ -27,6 +28,11 @@ pub fn file_path(
         "{}topic={topic}/date={date}/hour={hour:02}/p{partition:03}-{first:020}-{last:020}.parquet",
         prefix(root)
     ))
+}
+
+/// The prefix of one topic's files (its `date=` prefixes below it).
+pub fn topic_prefix(root: &Path, topic: &str) -> Path {
+    Path::from(format!("{}topic={topic}/", prefix(root)))
 }
 
 /// The prefix of one topic's files of one date.

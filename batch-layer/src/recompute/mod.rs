@@ -13,6 +13,12 @@
 //! Memory is bounded by the largest slice, not by the day: a partition's compressed
 //! files plus at most `max_rows_in_memory` decoded records per worker.
 //!
+//! A run finalizes only the time zones whose day has closed and whose archive is
+//! complete ([`crate::finality`]): before computing, it refuses a day that is still
+//! open everywhere, and records as `waiting` (writing no result) a day whose archive
+//! lags. Each part records how far its archive was complete; the last part finalizes
+//! the zones that every part saw complete.
+//!
 //! A day can also be split across machines ([`Shard`], `--shard i/N`): worker `i` takes
 //! the Kafka partitions `p` with `p mod N = i` and writes its part; the day turns final
 //! when the last part is written ([`output`]). N workers give the same rows as one.
@@ -37,6 +43,7 @@ use serde::Serialize;
 use self::compute::DayResult;
 use self::input::{InputError, InputFile, Plan};
 use crate::archive::store::Archive;
+use crate::finality::{self, Refusal};
 use crate::runs;
 
 /// One worker's share of a split run: the Kafka partitions `p` with `p mod count =
@@ -97,6 +104,8 @@ pub struct Options {
     pub rules: Rules,
     /// This worker's share of the day ([`Shard::WHOLE`] unless split).
     pub shard: Shard,
+    /// `batch.late_allowance`: how long after its end in a zone a day closes there.
+    pub late_allowance: std::time::Duration,
 }
 
 impl Options {
@@ -112,6 +121,7 @@ impl Options {
             max_rows_in_memory: cfg.batch.max_rows_in_memory.max(1),
             rules: cfg.attribution.rules(),
             shard: Shard::WHOLE,
+            late_allowance: cfg.batch.late_allowance,
         }
     }
 
@@ -136,6 +146,13 @@ pub enum RecomputeError {
     /// A worker panicked (a bug).
     #[error("recompute worker failed: {0}")]
     Worker(String),
+    /// The day may not turn final yet; nothing was written (a waiting day is recorded
+    /// as such in `day_finality`).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The archive's completeness could not be checked (Kafka or the progress records).
+    #[error("checking that the archive is complete: {0:#}")]
+    Completeness(anyhow::Error),
 }
 
 /// What one day's run did.
@@ -143,8 +160,18 @@ pub enum RecomputeError {
 pub struct DaySummary {
     /// The day.
     pub day: NaiveDate,
-    /// `final` or `revised`; `pending` when other parts of a split run are missing.
+    /// `final`, `revised` (an advertiser's totals changed since the day was final), or
+    /// `pending` (other parts of a split run are missing, or no zone was complete in
+    /// every part).
     pub finality: String,
+    /// The time zones this run finalized (IANA names).
+    pub final_zones: Vec<String>,
+    /// Zones closed but waiting for the archive, with the reason.
+    pub waiting: Vec<String>,
+    /// Zones not closed yet, with their close (RFC 3339).
+    pub open: Vec<String>,
+    /// Advertisers whose totals this run revised.
+    pub revised_advertisers: u64,
     /// The part this run wrote (`i/N`).
     pub shard: String,
     /// Parts of the split present after this run (N when the day is complete).
@@ -168,22 +195,55 @@ pub struct DaySummary {
 /// Progress callback: (groups done, groups total).
 pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
 
-/// Recomputes `day` and replaces its results, recording the run in `batch_runs`.
+/// Recomputes `day` as of `now_ms` (the clock: ms UTC) and replaces the results of
+/// its time zones that may turn final, recording the run in `batch_runs`.
 ///
 /// # Errors
 ///
-/// [`RecomputeError`]; the run is then recorded as failed and the day's previous
-/// results (if any) stay visible.
+/// [`RecomputeError::Refused`] before anything is written when no zone of the day may
+/// turn final yet (open, or waiting for the archive: recorded in `day_finality`);
+/// other [`RecomputeError`]s record the run as failed, and the day's previous results
+/// (if any) stay visible.
 pub async fn run_day(
     pool: &Pool,
     archive: &Archive,
-    topics: [&str; 2],
+    cfg: &common::config::Config,
     day: NaiveDate,
     opts: Options,
+    now_ms: i64,
     progress: Progress,
 ) -> Result<DaySummary, RecomputeError> {
+    let dims = Arc::new(common::dims::load_all(pool).await?);
+    let zones = finality::zone_days(day, &dims, opts.late_allowance);
+    let first_close = zones.first().map_or(i64::MAX, |z| z.closes_at_ms);
+    // A day open everywhere is refused without asking Kafka (`recompute --day today`).
+    let completeness = if first_close <= now_ms {
+        finality::archive_completeness(cfg, archive, opts.shard, now_ms)
+            .await
+            .map_err(RecomputeError::Completeness)?
+    } else {
+        finality::Completeness {
+            checked_at_ms: now_ms,
+            partitions: Vec::new(),
+        }
+    };
+    let decision = finality::decide(zones, now_ms, &completeness);
+    finality::record_waiting(pool, day, &decision.waiting).await?;
+    if let Some(r) = finality::refusal(day, &decision) {
+        return Err(r.into());
+    }
+    let topics = [
+        cfg.kafka.traffic_topic.as_str(),
+        cfg.kafka.effects_topic.as_str(),
+    ];
     runs::start(pool, day).await?;
-    match compute_and_write(pool, archive, topics, day, opts, progress).await {
+    let input = DayInput {
+        day,
+        dims,
+        decision: &decision,
+        complete_through_ms: completeness.through_ms(),
+    };
+    match compute_and_write(pool, archive, topics, &input, opts, progress).await {
         Ok(s) => Ok(s),
         Err(e) => {
             if let Err(f) = runs::fail(pool, day, &e.to_string()).await {
@@ -194,24 +254,60 @@ pub async fn run_day(
     }
 }
 
+/// What a run of a day starts from.
+struct DayInput<'a> {
+    day: NaiveDate,
+    dims: Arc<StaticDimensions>,
+    decision: &'a finality::Decision,
+    complete_through_ms: i64,
+}
+
 async fn compute_and_write(
     pool: &Pool,
     archive: &Archive,
     topics: [&str; 2],
-    day: NaiveDate,
+    input: &DayInput<'_>,
     opts: Options,
     progress: Progress,
 ) -> Result<DaySummary, RecomputeError> {
     let started = Instant::now();
-    let dims = Arc::new(common::dims::load_all(pool).await?);
+    let (day, dims) = (input.day, &input.dims);
     let span = u64::from(dims.advertisers.values().any(|a| a.tz != chrono_tz::UTC));
     let plan = shard_plan(archive, topics, day, span, opts.lookback_days(), opts.shard).await?;
     let files = plan.files();
-    let (result, archive_rows) = compute_plan(archive, &plan, day, &dims, opts, progress).await?;
-    let written = output::write_part(pool, day, opts.shard, &result, &dims, archive_rows).await?;
+    let (result, archive_rows) = compute_plan(archive, &plan, day, dims, opts, progress).await?;
+    let part = output::Part {
+        day,
+        shard: opts.shard,
+        archive_rows,
+        complete_through_ms: input.complete_through_ms,
+    };
+    let mut zones = input.decision.ready.clone();
+    zones.extend(input.decision.waiting.iter().map(|(z, _)| z.clone()));
+    let written = output::write_part(pool, &part, &result, dims, &zones).await?;
     Ok(DaySummary {
         day,
         finality: written.finality.unwrap_or("pending").to_owned(),
+        final_zones: written.final_zones.clone(),
+        waiting: input
+            .decision
+            .waiting
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect(),
+        open: input
+            .decision
+            .open
+            .iter()
+            .map(|z| {
+                format!(
+                    "{} closes at {}",
+                    z.tz.name(),
+                    common::day::rfc3339_ms(z.closes_at_ms)
+                )
+            })
+            .collect(),
+        revised_advertisers: written.revised_advertisers,
         shard: opts.shard.to_string(),
         parts_done: written.parts_done,
         input_rows: result.input_rows,

@@ -1,25 +1,42 @@
 //! Reading the speed layer's provisional results from Redis or Redis Cluster (key
-//! layout: [`common::redis_keys`]). A day of an advertiser is spread over one hash per
+//! layout: [`crate::redis_keys`]); used by the serving layer's read path and by the
+//! batch layer's reconciliation (speed vs batch of each final day). A day of an advertiser is spread over one hash per
 //! Kafka partition; all are fetched at once and summed: one pipeline on a single Redis,
 //! one pipeline per partition's hash slot, concurrently, on a cluster
-//! ([`common::redis_conn::query_by_partition`]). UV is the sum of the per-partition
+//! ([`crate::redis_conn::query_by_partition`]). UV is the sum of the per-partition
 //! HyperLogLog counts, exact in expectation because a user lives in one partition only.
 //!
 //! [`SpeedReader::flush_generation`] reads, per partition, the flush sequence number
 //! that the speed layer's flush script advances in the same atomic script as the
 //! results (`flush_seq` in the `off` hash): while it stands still, no result of that
-//! partition has changed. The read path ([`crate::read_path`]) caches by it.
+//! partition has changed. The serving layer's read path caches by it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash as _, Hasher as _};
 
 use chrono::NaiveDate;
-use common::counters::{Counters, Measure};
-use common::redis_conn::{RedisConn, query_by_partition};
-use common::redis_keys::{AS_OF_FIELD, FLUSH_SEQ_FIELD, Keys, UvScope, parse_field};
 use redis::Cmd;
 
-use crate::merge::SpeedDay;
+use crate::counters::{Counters, Measure};
+use crate::redis_conn::{RedisConn, query_by_partition};
+use crate::redis_keys::{AS_OF_FIELD, FLUSH_SEQ_FIELD, Keys, UvScope, parse_field};
+
+/// Largest |relative error| of the speed layer's UV against the exact batch UV that
+/// still counts as agreement in reconciliation: 2 %, about 2.5 standard errors of a
+/// Redis HyperLogLog (0.81 %, the Redis documentation of `PFCOUNT`).
+pub const UV_TOLERANCE: f64 = 0.02;
+
+/// One advertiser-day of the speed layer, summed over Kafka partitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpeedDay {
+    /// Counters per ad (ad 0 = unattributed effects).
+    pub by_ad: BTreeMap<i64, Counters>,
+    /// Last write time, ms UTC (`None`: nothing written for this day).
+    pub as_of: Option<i64>,
+    /// HyperLogLog counts of the scopes a grouping needs (the serving layer's
+    /// `merge::uv_scopes`; filled by the caller from [`SpeedReader::uv`]).
+    pub uv: HashMap<UvScope, i64>,
+}
 
 /// Reads provisional results.
 #[derive(Clone)]
