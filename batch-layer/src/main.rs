@@ -67,6 +67,17 @@ enum Command {
         #[arg(long, default_value = "0/1")]
         shard: Shard,
     },
+    /// How far the archive is complete, per topic and partition (what a recompute
+    /// checks before a day may turn final); `--wait` until every partition is archived
+    /// to its end offset.
+    ArchiveStatus {
+        /// Wait until every partition is archived to its end offset.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 1).
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Compare the speed layer's numbers with the final ones again for final days
     /// (the `reconciliation` table); prints what differs. Exit 1 when a count or sum
     /// differs.
@@ -295,6 +306,40 @@ async fn main() -> anyhow::Result<()> {
                     common::shutdown::on_signal(),
                 )
                 .await
+            }
+        }
+        Command::ArchiveStatus { wait, timeout } => {
+            let archive = store::open(&cfg.batch)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                let now = common::day::now_ms();
+                let c =
+                    batch_layer::finality::archive_completeness(&cfg, &archive, Shard::WHOLE, now)
+                        .await?;
+                let behind: Vec<String> = c
+                    .partitions
+                    .iter()
+                    .filter(|p| p.archived_offset < p.end_offset)
+                    .map(ToString::to_string)
+                    .collect();
+                if behind.is_empty() || !wait || std::time::Instant::now() >= deadline {
+                    for p in &c.partitions {
+                        println!("{p}");
+                    }
+                    println!(
+                        "archive complete through {} ({} of {} partitions behind)",
+                        common::day::rfc3339_ms(c.through_ms()),
+                        behind.len(),
+                        c.partitions.len()
+                    );
+                    anyhow::ensure!(
+                        behind.is_empty() || !wait,
+                        "timed out after {timeout} s with partitions behind: {}",
+                        behind.join("; ")
+                    );
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
         Command::Reconcile { days } => {

@@ -35,6 +35,9 @@ use crate::runs;
 /// How many days back a tick looks for closed, failed and late days.
 pub const HORIZON_DAYS: u64 = 35;
 
+/// The reason of a day due because a zone of it has closed and is not final yet.
+const CLOSED_NOT_FINAL: &str = "closed, not final yet";
+
 /// What one tick checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TickKind {
@@ -117,7 +120,7 @@ pub async fn due_days(
             });
         let run = runs.iter().find(|r| r.day == day);
         if closed_not_final {
-            due.push((day, "closed, not final yet"));
+            due.push((day, CLOSED_NOT_FINAL));
         } else if run.is_some_and(|r| r.run_status == "failed") {
             due.push((day, "retry of a failed run"));
         } else if kind.late_data
@@ -167,6 +170,10 @@ pub async fn tick(
     };
     for (day, why) in due_days(cfg, pool, archive, now_ms, shard, kind).await? {
         tracing::info!(%day, %shard, reason = why, "recomputing");
+        let opts = Options {
+            rewrite_final_zones: why != CLOSED_NOT_FINAL,
+            ..opts
+        };
         let r =
             recompute::run_day(pool, archive, cfg, day, opts, now_ms, Arc::new(|_, _| {})).await;
         match &r {

@@ -106,6 +106,10 @@ pub struct Options {
     pub shard: Shard,
     /// `batch.late_allowance`: how long after its end in a zone a day closes there.
     pub late_allowance: std::time::Duration,
+    /// Recompute zones that are final already (a backfill, late data, a retry); the
+    /// scheduler's "closed, not final yet" runs leave them alone, so that a day with
+    /// one zone waiting for the archive is not recomputed every tick for nothing.
+    pub rewrite_final_zones: bool,
 }
 
 impl Options {
@@ -122,6 +126,7 @@ impl Options {
             rules: cfg.attribution.rules(),
             shard: Shard::WHOLE,
             late_allowance: cfg.batch.late_allowance,
+            rewrite_final_zones: true,
         }
     }
 
@@ -227,8 +232,15 @@ pub async fn run_day(
             partitions: Vec::new(),
         }
     };
-    let decision = finality::decide(zones, now_ms, &completeness);
+    let mut decision = finality::decide(zones, now_ms, &completeness);
     finality::record_waiting(pool, day, &decision.waiting).await?;
+    if !opts.rewrite_final_zones {
+        let finals = finality::final_zones_since(pool, day).await?;
+        let finals = finals.get(&day).cloned().unwrap_or_default();
+        decision
+            .ready
+            .retain(|z| !finals.iter().any(|f| f == z.tz.name()));
+    }
     if let Some(r) = finality::refusal(day, &decision) {
         return Err(r.into());
     }
