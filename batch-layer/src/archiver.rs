@@ -202,7 +202,9 @@ pub async fn run(
                 buf.last = m.offset();
                 match m.payload().map(|p| decode(p, topic, 0, &limits)) {
                     Some(Ok(e)) => buf.rows.push({
-                        buf.max_event_ms = buf.max_event_ms.max(Some(e.ts));
+                        // Capped at the clock: one event stamped in the future must
+                        // not make a lagging partition look complete.
+                        buf.max_event_ms = buf.max_event_ms.max(Some(e.ts.min(common::day::now_ms())));
                         ArchivedEvent { event: e.into_owned(), partition: m.partition(), offset: m.offset() }
                     }),
                     // Invalid messages are the DLQ's (the speed layer sends them there).

@@ -153,8 +153,43 @@ pub async fn archive_completeness(
     shard: Shard,
     now_ms: i64,
 ) -> anyhow::Result<Completeness> {
+    let ends = end_offsets(cfg, shard).await?;
+    let mut partitions = Vec::with_capacity(ends.len());
+    for (topic, partition, end_offset) in ends {
+        let rec = progress::read(archive, &topic, partition).await?;
+        let archived_offset = rec.map_or(0, |r| r.next_offset);
+        // A record never vouches for events after it was written.
+        let max_event_ms = rec.and_then(|r| r.max_event_ms.map(|m| m.min(r.recorded_at_ms)));
+        let complete_through_ms = if archived_offset >= end_offset {
+            now_ms
+        } else {
+            max_event_ms.unwrap_or(i64::MIN)
+        };
+        partitions.push(PartitionCompleteness {
+            topic,
+            partition,
+            archived_offset,
+            end_offset,
+            max_event_ms,
+            complete_through_ms,
+        });
+    }
+    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(Completeness {
+        checked_at_ms: now_ms,
+        partitions,
+    })
+}
+
+/// The end offset (high watermark) of every partition of both input topics that
+/// `shard` owns: `(topic, partition, end offset)`.
+///
+/// # Errors
+///
+/// When Kafka does not answer.
+pub async fn end_offsets(cfg: &Config, shard: Shard) -> anyhow::Result<Vec<(String, i32, i64)>> {
     let kafka = cfg.kafka.clone();
-    let ends = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, i32, i64)>> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, i32, i64)>> {
         let client: BaseConsumer = common::kafka::client_config(&kafka)
             .create()
             .context("kafka client")?;
@@ -184,31 +219,7 @@ pub async fn archive_completeness(
         Ok(out)
     })
     .await
-    .context("kafka watermarks task")??;
-    let mut partitions = Vec::with_capacity(ends.len());
-    for (topic, partition, end_offset) in ends {
-        let rec = progress::read(archive, &topic, partition).await?;
-        let archived_offset = rec.map_or(0, |r| r.next_offset);
-        let max_event_ms = rec.and_then(|r| r.max_event_ms);
-        let complete_through_ms = if archived_offset >= end_offset {
-            now_ms
-        } else {
-            max_event_ms.unwrap_or(i64::MIN)
-        };
-        partitions.push(PartitionCompleteness {
-            topic,
-            partition,
-            archived_offset,
-            end_offset,
-            max_event_ms,
-            complete_through_ms,
-        });
-    }
-    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    Ok(Completeness {
-        checked_at_ms: now_ms,
-        partitions,
-    })
+    .context("kafka watermarks task")?
 }
 
 /// Why a recompute of a day wrote nothing.

@@ -13,8 +13,16 @@
 //! [`RECONCILIATION_DAYS_WITH_DIFFERENCE`], and on the serving layer's internal
 //! `GET /v1/advertisers/{id}/reconciliation`.
 //!
+//! The speed layer must have consumed everything the batch read: while it lags (its
+//! offsets stored in Redis behind the topics' end offsets) a comparison would report
+//! its backlog as lost data, so reconciliation is postponed, and the scheduler
+//! reconciles each final day that has none yet on its next ticks ([`pending_days`]).
 //! Reconciliation never blocks finality: when Redis does not answer, the day turns
 //! final anyway, the failure is logged, and `batch-layer reconcile` re-checks it.
+//!
+//! Events the speed layer refuses by age (`validation.max_age`, 7 d) but the archive
+//! keeps are counted by the batch only: a replay of data older than that shows here as
+//! a positive batch-minus-speed difference, by design.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -240,14 +248,53 @@ pub async fn advertisers_of_zones(
     Ok(ids)
 }
 
-/// Reconciles the advertisers of `zones` on `day` after a run finalized them; logs
-/// what it found and never fails (module docs).
+/// Messages the speed layer has not consumed yet, over every partition of both topics
+/// (the topics' end offsets minus the next offsets stored with its results in Redis).
+///
+/// # Errors
+///
+/// When Kafka or Redis do not answer.
+pub async fn speed_lag(cfg: &Config) -> anyhow::Result<i64> {
+    let ends = crate::finality::end_offsets(cfg, crate::recompute::Shard::WHOLE).await?;
+    let mut conn = common::redis_conn::RedisConn::connect(&cfg.redis)
+        .await
+        .context("connecting to Redis")?;
+    let keys = Keys::new(&cfg.redis.key_prefix);
+    let mut lag = 0;
+    for (topic, partition, end) in ends {
+        let Some(kind) = cfg.kafka.topic_kind(&topic) else {
+            continue;
+        };
+        let next: Option<i64> = redis::cmd("HGET")
+            .arg(keys.offsets(partition))
+            .arg(kind.as_str())
+            .query_async(&mut conn)
+            .await?;
+        lag += (end - next.unwrap_or(0)).max(0);
+    }
+    Ok(lag)
+}
+
+/// Reconciles the advertisers of `zones` on `day` after a run finalized them (or on a
+/// later tick); logs what it found and never fails (module docs). `None` when it was
+/// postponed or failed.
 pub async fn after_final(
     cfg: &Config,
     pool: &Pool,
     day: NaiveDate,
     zones: &[String],
 ) -> Option<DayReconciliation> {
+    match speed_lag(cfg).await {
+        Ok(0) => {}
+        Ok(lag) => {
+            tracing::warn!(%day, lag, "the speed layer has not consumed everything yet; reconciliation postponed (the scheduler reconciles the day once it has)");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(%day, error = %format!("{e:#}"), "cannot tell whether the speed layer is caught up; reconciliation postponed");
+            return None;
+        }
+    }
     let run = async {
         let advertisers = advertisers_of_zones(pool, zones).await?;
         let speed = speed_reader(cfg).await?;
@@ -267,6 +314,32 @@ pub async fn after_final(
             None
         }
     }
+}
+
+/// Final days from `from` on that have results but no reconciliation yet (it was
+/// postponed or failed), with their final zones.
+///
+/// # Errors
+///
+/// MySQL errors.
+pub async fn pending_days(
+    pool: &Pool,
+    from: NaiveDate,
+) -> Result<BTreeMap<NaiveDate, Vec<String>>, mysql_async::Error> {
+    let mut c = pool.get_conn().await?;
+    let rows: Vec<(NaiveDate, String)> = c
+        .exec(
+            "SELECT f.day, f.time_zone FROM day_finality f WHERE f.day >= ? AND f.status = 'final' \
+             AND EXISTS (SELECT 1 FROM daily_ad_metrics m WHERE m.day = f.day) \
+             AND NOT EXISTS (SELECT 1 FROM reconciliation r WHERE r.day = f.day)",
+            (from,),
+        )
+        .await?;
+    let mut out: BTreeMap<NaiveDate, Vec<String>> = BTreeMap::new();
+    for (d, z) in rows {
+        out.entry(d).or_default().push(z);
+    }
+    Ok(out)
 }
 
 /// Sets the gauges [`RECONCILIATION_DIFF`] and [`RECONCILIATION_DAYS_WITH_DIFFERENCE`]

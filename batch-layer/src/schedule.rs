@@ -99,12 +99,20 @@ pub async fn due_days(
     let final_zones = finality::final_zones_since(pool, from).await?;
     let dims = common::dims::load_all(pool).await?;
     let opts = Options::from_config(cfg);
-    // A UTC date's events fall on the local days before and after it too (zones from
-    // UTC-12 to UTC+14).
+    // With advertisers off UTC, a UTC date's events fall on the local days before and
+    // after it too (zones from UTC-12 to UTC+14); the recompute then reads those
+    // neighbouring dates as well (its `span`).
+    let off_utc = dims.advertisers.values().any(|a| a.tz != chrono_tz::UTC);
     let mut candidates: BTreeSet<NaiveDate> = archived_days(archive, topics, from)
         .await?
         .into_iter()
-        .flat_map(|d| [d.pred_opt(), Some(d), d.succ_opt()])
+        .flat_map(|d| {
+            if off_utc {
+                [d.pred_opt(), Some(d), d.succ_opt()]
+            } else {
+                [None, Some(d), None]
+            }
+        })
         .flatten()
         .filter(|d| *d >= from)
         .collect();
@@ -127,7 +135,7 @@ pub async fn due_days(
             && finals.is_some()
             && let Some(&part_rows) = parts.get(&day)
         {
-            let span = u64::from(dims.advertisers.values().any(|a| a.tz != chrono_tz::UTC));
+            let span = u64::from(off_utc);
             match recompute::current_archive_rows(
                 archive,
                 topics,
@@ -191,6 +199,17 @@ pub async fn tick(
             }
         }
         out.push((day, r));
+    }
+    let from = common::day::today(now_ms, chrono_tz::UTC)
+        .checked_sub_days(Days::new(HORIZON_DAYS))
+        .unwrap_or_default();
+    match reconcile::pending_days(pool, from).await {
+        Ok(days) => {
+            for (day, zones) in days {
+                reconcile::after_final(cfg, pool, day, &zones).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list the days awaiting reconciliation"),
     }
     if let Err(e) = reconcile::export_gauges(pool, now_ms).await {
         tracing::warn!(error = %e, "could not export the reconciliation gauges");

@@ -531,8 +531,9 @@ pub struct ServingConfig {
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Longest time a day replaced by a new batch run may still be served from the old
-    /// run after the new `batch_runs` row committed: the server polls `batch_runs`
-    /// every half of it and never uses a poll older than it. Default 1 s.
+    /// run after the run committed: the server polls `day_finality` (the final
+    /// zone-days and their versions) every half of it and never uses a poll older than
+    /// it. Default 1 s.
     #[serde(with = "humantime_serde")]
     pub batch_staleness: Duration,
     /// Longest time an answer may lag the speed layer's last completed flush: the

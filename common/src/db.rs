@@ -56,6 +56,7 @@ pub async fn migrate(pool: &Pool) -> Result<(), DbError> {
     for stmt in schema_statements() {
         conn.query_drop(stmt).await?;
     }
+    adopt_day_finality(&mut conn).await?;
     for (table, column, definition) in ADDED_COLUMNS {
         let present: Option<i64> = conn
             .exec_first(
@@ -72,6 +73,29 @@ pub async fn migrate(pool: &Pool) -> Result<(), DbError> {
             .await?;
         }
     }
+    Ok(())
+}
+
+/// An installation from before per-zone finality has final days in `batch_runs` and
+/// no `day_finality`: once, while `day_finality` is empty, each such day becomes final
+/// for every zone its advertisers have (what that version served), so that upgrading
+/// does not turn final days provisional. `closes_at` is unknown there and is set to
+/// the run's finish.
+async fn adopt_day_finality(conn: &mut mysql_async::Conn) -> Result<(), DbError> {
+    let any: Option<i64> = conn
+        .query_first("SELECT 1 FROM day_finality LIMIT 1")
+        .await?;
+    if any.is_some() {
+        return Ok(());
+    }
+    conn.query_drop(
+        "INSERT IGNORE INTO day_finality (day, time_zone, status, closes_at, final_at, computed_at, checked_at) \
+         SELECT b.day, z.time_zone, 'final', b.finished_at, COALESCE(b.first_final_at, b.finished_at), \
+                b.finished_at, CURRENT_TIMESTAMP(3) \
+         FROM batch_runs b JOIN (SELECT DISTINCT time_zone FROM advertisers) z \
+         WHERE b.finality IN ('final', 'revised') AND b.finished_at IS NOT NULL",
+    )
+    .await?;
     Ok(())
 }
 

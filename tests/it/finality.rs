@@ -76,9 +76,15 @@ async fn wait_api_status(env: &TestEnv, key: &str, adv: i64, day: NaiveDate, wan
 }
 
 async fn schedule_once(env: &TestEnv, as_of: &str) -> String {
-    env.run("batch-layer", &["schedule", "--once", "--as-of", as_of])
+    let out = env
+        .run("batch-layer", &["schedule", "--once", "--as-of", as_of])
         .await
-        .unwrap_or_else(|e| panic!("schedule --once --as-of {as_of}: {e}"))
+        .unwrap_or_else(|e| panic!("schedule --once --as-of {as_of}: {e}"));
+    assert!(
+        !out.contains("FAILED"),
+        "a tick at {as_of} failed a day:\n{out}"
+    );
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,6 +274,7 @@ async fn a_day_waits_for_a_lagging_archiver_and_turns_final_when_it_catches_up()
         .await
         .expect("tick");
     assert!(out.contains(&format!("{last}: final")), "{out}");
+    assert!(!out.contains("FAILED"), "{out}");
     assert_eq!(
         zone_status(&env, last).await.get("UTC").map(String::as_str),
         Some("final")
@@ -391,4 +398,49 @@ async fn every_final_day_reconciles_to_zero_and_a_lost_event_is_reported() {
     let own = env.api_key(&["--advertiser", &adv.to_string()]).await;
     let (s, body) = get_json(&url, Some(&own)).await;
     assert!(s == 403 || s == 404, "{s} {body}");
+
+    // The scheduler exports it to Prometheus (from the table, at start and each tick).
+    let listen = format!("127.0.0.1:{}", admetrics_tests::free_port());
+    env.spawn(
+        "scheduler",
+        "batch-layer",
+        &["schedule", "--metrics-listen", &listen],
+    );
+    let metrics_url = format!("http://{listen}/metrics");
+    let scrape = |url: String| async move {
+        match reqwest::get(&url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    };
+    wait_until(Duration::from_secs(30), "the reconciliation gauges", || {
+        let s = scrape(metrics_url.clone());
+        async move {
+            s.await
+                .contains("admetrics_reconciliation_days_with_difference")
+        }
+    })
+    .await;
+    let text = scrape(metrics_url.clone()).await;
+    let gauge = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        gauge("admetrics_reconciliation_days_with_difference "),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        gauge("admetrics_reconciliation_diff{measure=\"clicks\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        gauge("admetrics_reconciliation_diff{measure=\"cost_micros\"}"),
+        Some(0.0),
+        "{text}"
+    );
 }

@@ -23,7 +23,8 @@ use super::store::Archive;
 pub struct Progress {
     /// Every message below this offset is archived (or was invalid and skipped).
     pub next_offset: i64,
-    /// The newest event time archived (ms UTC); `None` while nothing valid was. The
+    /// The newest event time archived (ms UTC), each event's time capped at the
+    /// archiver's clock when it was consumed; `None` while nothing valid was. The
     /// partition's event-time watermark: an event older than this that arrives later is
     /// late by at least the difference.
     pub max_event_ms: Option<i64>,

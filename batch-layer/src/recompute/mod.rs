@@ -234,12 +234,15 @@ pub async fn run_day(
     };
     let mut decision = finality::decide(zones, now_ms, &completeness);
     finality::record_waiting(pool, day, &decision.waiting).await?;
+    let mut final_ready = Vec::new();
     if !opts.rewrite_final_zones {
         let finals = finality::final_zones_since(pool, day).await?;
         let finals = finals.get(&day).cloned().unwrap_or_default();
-        decision
-            .ready
-            .retain(|z| !finals.iter().any(|f| f == z.tz.name()));
+        let (done, new): (Vec<_>, Vec<_>) = std::mem::take(&mut decision.ready)
+            .into_iter()
+            .partition(|z| finals.iter().any(|f| f == z.tz.name()));
+        decision.ready = new;
+        final_ready = done;
     }
     if let Some(r) = finality::refusal(day, &decision) {
         return Err(r.into());
@@ -253,6 +256,7 @@ pub async fn run_day(
         day,
         dims,
         decision: &decision,
+        final_ready,
         complete_through_ms: completeness.through_ms(),
     };
     match compute_and_write(pool, archive, topics, &input, opts, progress).await {
@@ -271,6 +275,9 @@ struct DayInput<'a> {
     day: NaiveDate,
     dims: Arc<StaticDimensions>,
     decision: &'a finality::Decision,
+    /// Ready zones final already, left alone ([`Options::rewrite_final_zones`] off)
+    /// unless the input changed since this part was last written.
+    final_ready: Vec<finality::ZoneDay>,
     complete_through_ms: i64,
 }
 
@@ -296,6 +303,15 @@ async fn compute_and_write(
     };
     let mut zones = input.decision.ready.clone();
     zones.extend(input.decision.waiting.iter().map(|(z, _)| z.clone()));
+    if !input.final_ready.is_empty() {
+        // Late data reached the archive since the final zones were computed: this part
+        // is rewritten with it, so those zones are too (and revised where it changes
+        // their totals); else the nightly check would compare against this count.
+        let stored = runs::parts_since(pool, day, opts.shard.index, opts.shard.count).await?;
+        if stored.get(&day).is_some_and(|rows| *rows != archive_rows) {
+            zones.extend(input.final_ready.iter().cloned());
+        }
+    }
     let written = output::write_part(pool, &part, &result, dims, &zones).await?;
     Ok(DaySummary {
         day,
