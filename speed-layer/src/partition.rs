@@ -219,7 +219,6 @@ impl Task {
         let mut consumed = [0_u64; 2];
         for (m, d) in buf.iter().zip(&decoded) {
             consumed[m.topic.index()] += 1;
-            self.last_msg[m.topic.index()] = Instant::now();
             let outcome = match d {
                 Ok(e) => self.proc.process(m.topic, m.offset, e, &dims),
                 Err(r) => Outcome::Rejected(r.clone()),
@@ -247,8 +246,12 @@ impl Task {
         self.unflushed += buf.len();
         drop(decoded);
         buf.clear();
+        // One clock read per batch and topic, not per message (a batch takes
+        // milliseconds; the idle timeout is seconds).
+        let arrived = Instant::now();
         for t in TopicKind::ALL {
             if consumed[t.index()] > 0 {
+                self.last_msg[t.index()] = arrived;
                 metrics::counter!(EVENTS_CONSUMED, "topic" => t.as_str())
                     .increment(consumed[t.index()]);
             }
