@@ -35,6 +35,37 @@ use crate::runs;
 /// How many days back a tick looks for closed, failed and late days.
 pub const HORIZON_DAYS: u64 = 35;
 
+/// Gauge: zone-days of the horizon that have closed but wait for the archive
+/// (`day_finality.status = 'waiting'`). Alert when above 0 for long.
+pub const DAYS_WAITING: &str = "admetrics_batch_days_waiting";
+
+/// Gauge: days of the horizon whose last run failed (`batch_runs.run_status`).
+pub const RUNS_FAILED: &str = "admetrics_batch_runs_failed";
+
+/// Sets [`DAYS_WAITING`] and [`RUNS_FAILED`] from MySQL.
+async fn export_run_gauges(pool: &Pool, from: NaiveDate) -> Result<(), mysql_async::Error> {
+    use mysql_async::prelude::Queryable as _;
+    let mut c = pool.get_conn().await?;
+    let waiting: Option<i64> = c
+        .exec_first(
+            "SELECT COUNT(*) FROM day_finality WHERE day >= ? AND status = 'waiting'",
+            (from,),
+        )
+        .await?;
+    let failed: Option<i64> = c
+        .exec_first(
+            "SELECT COUNT(*) FROM batch_runs WHERE day >= ? AND run_status = 'failed'",
+            (from,),
+        )
+        .await?;
+    #[allow(clippy::cast_precision_loss)]
+    {
+        metrics::gauge!(DAYS_WAITING).set(waiting.unwrap_or(0) as f64);
+        metrics::gauge!(RUNS_FAILED).set(failed.unwrap_or(0) as f64);
+    }
+    Ok(())
+}
+
 /// The reason of a day due because a zone of it has closed and is not final yet.
 const CLOSED_NOT_FINAL: &str = "closed, not final yet";
 
@@ -214,6 +245,9 @@ pub async fn tick(
     if let Err(e) = reconcile::export_gauges(pool, now_ms).await {
         tracing::warn!(error = %e, "could not export the reconciliation gauges");
     }
+    if let Err(e) = export_run_gauges(pool, from).await {
+        tracing::warn!(error = %e, "could not export the batch run gauges");
+    }
     Ok(out)
 }
 
@@ -241,6 +275,12 @@ pub async fn run(
         .map_err(|_| anyhow::anyhow!("batch.platform_tz `{}`", cfg.batch.platform_tz))?;
     if let Err(e) = reconcile::export_gauges(&pool, common::day::now_ms()).await {
         tracing::warn!(error = %e, "could not export the reconciliation gauges");
+    }
+    let from = common::day::today(common::day::now_ms(), chrono_tz::UTC)
+        .checked_sub_days(Days::new(HORIZON_DAYS))
+        .unwrap_or_default();
+    if let Err(e) = export_run_gauges(&pool, from).await {
+        tracing::warn!(error = %e, "could not export the batch run gauges");
     }
     let next_of = |s: &cron::Schedule| s.upcoming(tz).next().map(|t| t.with_timezone(&Utc));
     loop {

@@ -12,6 +12,13 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver \
     >"$LOGS/apt-chromium.log" 2>&1 || die "apt-get install chromium chromium-driver failed (see $LOGS/apt-chromium.log)"
 fi
+# The alert rules are checked and unit-tested with promtool (Debian's prometheus).
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing prometheus (apt, for promtool: the alert rules' tests)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+    >"$LOGS/apt-prometheus.log" 2>&1 || die "apt-get install prometheus failed (see $LOGS/apt-prometheus.log)"
+fi
 # The S3 archive test runs moto's S3-compatible server (PyPI, pinned) from a venv.
 MOTO_VENV=${ADMETRICS_MOTO_VENV:-$HOME/.cache/admetrics-moto}
 if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then

@@ -413,11 +413,12 @@ async fn every_final_day_reconciles_to_zero_and_a_lost_event_is_reported() {
             Err(_) => String::new(),
         }
     };
-    wait_until(Duration::from_secs(30), "the reconciliation gauges", || {
+    wait_until(Duration::from_secs(30), "the scheduler's gauges", || {
         let s = scrape(metrics_url.clone());
         async move {
-            s.await
-                .contains("admetrics_reconciliation_days_with_difference")
+            let t = s.await;
+            t.contains("admetrics_reconciliation_days_with_difference")
+                && t.contains("admetrics_batch_runs_failed")
         }
     })
     .await;
@@ -443,4 +444,7 @@ async fn every_final_day_reconciles_to_zero_and_a_lost_event_is_reported() {
         Some(0.0),
         "{text}"
     );
+    // Every day of the data set is final: nothing waits, no run failed.
+    assert_eq!(gauge("admetrics_batch_days_waiting "), Some(0.0), "{text}");
+    assert_eq!(gauge("admetrics_batch_runs_failed "), Some(0.0), "{text}");
 }

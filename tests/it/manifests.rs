@@ -101,3 +101,31 @@ fn more_speed_layer_replicas_than_partitions_fail_validation() {
     );
     assert!(out.contains("validate.sh: FAILED"), "{out}");
 }
+
+/// `deploy/prometheus/alerts.yml` is valid (`promtool check rules`) and every alert
+/// fires on the series its unit tests give and stays quiet before its `for`
+/// (`promtool test rules alerts_test.yml`). promtool is Debian's `prometheus` package
+/// (`deploy/local/test.sh` installs it).
+#[test]
+fn the_alert_rules_check_and_pass_their_unit_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("promtool is missing ({e}): install Debian's prometheus package (deploy/local/test.sh does)")
+            });
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
