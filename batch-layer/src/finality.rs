@@ -196,18 +196,8 @@ pub async fn end_offsets(cfg: &Config, shard: Shard) -> anyhow::Result<Vec<(Stri
         let timeout = Duration::from_secs(10);
         let mut out = Vec::new();
         for topic in [&kafka.traffic_topic, &kafka.effects_topic] {
-            let md = client
-                .fetch_metadata(Some(topic), timeout)
+            let partitions = common::kafka::topic_partitions(&client, topic, timeout)
                 .with_context(|| format!("metadata of {topic}"))?;
-            let partitions: Vec<i32> = md
-                .topics()
-                .iter()
-                .flat_map(|t| {
-                    t.partitions()
-                        .iter()
-                        .map(rdkafka::metadata::MetadataPartition::id)
-                })
-                .collect();
             anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
             for p in partitions.into_iter().filter(|p| shard.owns(*p)) {
                 let (_, high) = client

@@ -80,6 +80,30 @@ pub fn consumer_config(cfg: &KafkaConfig, group_id: &str) -> ClientConfig {
     c
 }
 
+/// The partition numbers of `topic`, from the brokers' metadata (empty when the topic
+/// does not exist).
+///
+/// # Errors
+///
+/// When the metadata request fails (within `timeout`).
+pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
+    client: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<Vec<i32>> {
+    use rdkafka::consumer::Consumer as _;
+    let md = client.fetch_metadata(Some(topic), timeout)?;
+    Ok(md
+        .topics()
+        .iter()
+        .flat_map(|t| {
+            t.partitions()
+                .iter()
+                .map(rdkafka::metadata::MetadataPartition::id)
+        })
+        .collect())
+}
+
 /// The host name (for the default static group membership id).
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

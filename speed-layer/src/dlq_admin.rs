@@ -70,18 +70,8 @@ fn scan(
         .context("kafka consumer")?;
     let topic = cfg.dlq_topic.as_str();
     let timeout = Duration::from_secs(10);
-    let meta = consumer
-        .fetch_metadata(Some(topic), timeout)
+    let partitions = common::kafka::topic_partitions(&consumer, topic, timeout)
         .with_context(|| format!("metadata of {topic}"))?;
-    let partitions: Vec<i32> = meta
-        .topics()
-        .iter()
-        .flat_map(|t| {
-            t.partitions()
-                .iter()
-                .map(rdkafka::metadata::MetadataPartition::id)
-        })
-        .collect();
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
