@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context as _;
-use chrono::{Days, NaiveDate};
+use chrono::NaiveDate;
 use common::config::Config;
 use common::counters::{Counters, Measure};
 use common::redis_keys::{Keys, UvScope};
@@ -35,17 +35,16 @@ use common::speed_results::SpeedReader;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, Value};
 
-use crate::schedule::HORIZON_DAYS;
 use crate::totals::{self, IN_CHUNK, Totals, placeholders};
 
 pub use common::speed_results::UV_TOLERANCE;
 
 /// Gauge: the sum of |speed - batch| over the advertiser-days checked in the last
-/// [`HORIZON_DAYS`] days, per measure (label `measure`; `uv` included). 0 for every
+/// [`HORIZON_DAYS`](crate::schedule::HORIZON_DAYS) days, per measure (label `measure`; `uv` included). 0 for every
 /// count and sum when the two paths agree.
 pub const RECONCILIATION_DIFF: &str = "admetrics_reconciliation_diff";
 
-/// Gauge: advertiser-days of the last [`HORIZON_DAYS`] days with a difference in a
+/// Gauge: advertiser-days of the last [`HORIZON_DAYS`](crate::schedule::HORIZON_DAYS) days with a difference in a
 /// count or a sum (UV excluded). Alert when above 0.
 pub const RECONCILIATION_DAYS_WITH_DIFFERENCE: &str =
     "admetrics_reconciliation_days_with_difference";
@@ -343,16 +342,13 @@ pub async fn pending_days(
 }
 
 /// Sets the gauges [`RECONCILIATION_DIFF`] and [`RECONCILIATION_DAYS_WITH_DIFFERENCE`]
-/// from the `reconciliation` rows of the last [`HORIZON_DAYS`] days before `now_ms`.
+/// from the `reconciliation` rows of the last [`HORIZON_DAYS`](crate::schedule::HORIZON_DAYS) days before `now_ms`.
 ///
 /// # Errors
 ///
 /// MySQL errors.
 pub async fn export_gauges(pool: &Pool, now_ms: i64) -> Result<(), mysql_async::Error> {
-    let today = common::day::today(now_ms, chrono_tz::UTC);
-    let from = today
-        .checked_sub_days(Days::new(HORIZON_DAYS))
-        .unwrap_or(today);
+    let from = crate::schedule::horizon_start(now_ms);
     let mut c = pool.get_conn().await?;
     let per_measure: Vec<(String, i64)> = c
         .exec(

@@ -35,6 +35,14 @@ use crate::runs;
 /// How many days back a tick looks for closed, failed and late days.
 pub const HORIZON_DAYS: u64 = 35;
 
+/// The first day of the horizon at `now_ms`: [`HORIZON_DAYS`] before today (UTC).
+pub fn horizon_start(now_ms: i64) -> NaiveDate {
+    let today = common::day::today(now_ms, chrono_tz::UTC);
+    today
+        .checked_sub_days(Days::new(HORIZON_DAYS))
+        .unwrap_or(today)
+}
+
 /// Gauge: zone-days of the horizon that have closed but wait for the archive
 /// (`day_finality.status = 'waiting'`). Alert when above 0 for long.
 pub const DAYS_WAITING: &str = "admetrics_batch_days_waiting";
@@ -118,9 +126,7 @@ pub async fn due_days(
     kind: TickKind,
 ) -> anyhow::Result<Vec<(NaiveDate, &'static str)>> {
     let today = common::day::today(now_ms, chrono_tz::UTC);
-    let from = today
-        .checked_sub_days(Days::new(HORIZON_DAYS))
-        .unwrap_or(today);
+    let from = horizon_start(now_ms);
     let topics = [
         cfg.kafka.traffic_topic.as_str(),
         cfg.kafka.effects_topic.as_str(),
@@ -231,9 +237,7 @@ pub async fn tick(
         }
         out.push((day, r));
     }
-    let from = common::day::today(now_ms, chrono_tz::UTC)
-        .checked_sub_days(Days::new(HORIZON_DAYS))
-        .unwrap_or_default();
+    let from = horizon_start(now_ms);
     match reconcile::pending_days(pool, from).await {
         Ok(days) => {
             for (day, zones) in days {
@@ -276,9 +280,7 @@ pub async fn run(
     if let Err(e) = reconcile::export_gauges(&pool, common::day::now_ms()).await {
         tracing::warn!(error = %e, "could not export the reconciliation gauges");
     }
-    let from = common::day::today(common::day::now_ms(), chrono_tz::UTC)
-        .checked_sub_days(Days::new(HORIZON_DAYS))
-        .unwrap_or_default();
+    let from = horizon_start(common::day::now_ms());
     if let Err(e) = export_run_gauges(&pool, from).await {
         tracing::warn!(error = %e, "could not export the batch run gauges");
     }
