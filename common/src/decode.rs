@@ -178,7 +178,12 @@ pub fn decode<'a>(
             format!("{} bytes > limit {}", raw.len(), limits.max_message_bytes),
         ));
     }
-    let event: Event<'a> = serde_json::from_slice(raw).map_err(classify_json_error)?;
+    // The canonical flat form takes the fast path; anything else (and every error)
+    // goes through serde_json, the reference.
+    let event: Event<'a> = match crate::flat_json::parse(raw) {
+        Some(e) => e,
+        None => serde_json::from_slice(raw).map_err(classify_json_error)?,
+    };
     validate(&event, topic, now_ms, limits)?;
     Ok(event)
 }

@@ -37,6 +37,7 @@ pub mod db;
 pub mod decode;
 pub mod dims;
 pub mod event;
+pub mod flat_json;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod redis_conn;

@@ -9,31 +9,38 @@
 //! in-memory map, as the speed layer's cache holds them after warm-up. Windows are
 //! closed and their deltas assembled as a flush would (without the Redis round trip)
 //! every `flush_every` events, so state stays bounded as in production.
+//!
+//! Before the timed runs, the click index and the dedup set are each built alone from
+//! the same events and measured as the resident memory they add (issue 19's bounds:
+//! 48 bytes per tracked click, 16 per seen event id, table slack included).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use common::attribution::ClickRef;
 use common::config::Config;
+use common::day::local_day;
 use common::decode::{Limits, decode};
-use common::dims::StaticDimensions;
-use common::event::{EventKind, TopicKind};
+use common::dims::{Dimensions, StaticDimensions};
+use common::event::{EventKind, TopicKind, id_hash};
 use serde::Serialize;
 
-use crate::pipeline::clicks::APPROX_BYTES_PER_CLICK;
+use crate::pipeline::clicks::{ClickIndex, StoredClick};
+use crate::pipeline::dedup::Dedup;
 use crate::pipeline::processor::{Processor, ProcessorConfig};
 
-/// Figures of one run.
+/// Figures of a benchmark: the throughput runs, then the state measured alone.
 #[derive(Debug, Clone, Serialize)]
 pub struct PipelineFigures {
-    /// Events processed.
+    /// Events processed per run.
     pub events: usize,
-    /// Wall seconds of the processing loop.
-    pub seconds: f64,
-    /// Events per second on one core.
+    /// Wall seconds of each run's processing loop.
+    pub seconds: Vec<f64>,
+    /// Median events per second on one core over the runs.
     pub events_per_second: f64,
-    /// Nanoseconds per event.
+    /// Nanoseconds per event at the median.
     pub ns_per_event: f64,
-    /// Events accepted, duplicates, rejected.
+    /// Events accepted (last run).
     pub accepted: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
@@ -43,23 +50,43 @@ pub struct PipelineFigures {
     pub invalid: std::collections::BTreeMap<&'static str, u64>,
     /// Effects direct / indirect / unattributed.
     pub attributed: [u64; 3],
-    /// Clicks held in state at the end.
-    pub clicks_tracked: usize,
-    /// Approximate bytes per tracked click (struct sizes; see `state_bytes_per_click`).
-    pub approx_bytes_per_click: usize,
-    /// Resident memory growth over the run divided by clicks tracked (whole state, incl.
-    /// dedup ids and hash-table slack).
-    pub state_bytes_per_click: f64,
+    /// The attribution and dedup state, each built alone over the same events.
+    pub state: StateFigures,
     /// Peak resident set size of the process, MiB.
     pub peak_rss_mib: f64,
 }
 
-/// Runs the pipeline benchmark over `files`.
+/// The two bounded states, each measured as the resident memory it added while it
+/// was built alone from the benchmark's events (before the throughput runs, so no
+/// memory freed by them is reused), divided by what it holds at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateFigures {
+    /// Clicks in the click index at the end (inside the lookback).
+    pub clicks_tracked: usize,
+    /// Resident memory growth per tracked click, bytes.
+    pub bytes_per_click: f64,
+    /// The index's own size (table with free slots, interned targets) per click.
+    pub table_bytes_per_click: f64,
+    /// Event ids in the dedup set at the end (inside its horizon).
+    pub ids_seen: usize,
+    /// Resident memory growth per seen event id, bytes.
+    pub bytes_per_id: f64,
+    /// The set's own size (table with free slots) per id.
+    pub table_bytes_per_id: f64,
+}
+
+/// Runs the pipeline benchmark over `files`: `runs` throughput runs, each with a fresh
+/// processor, and the state measurement.
 ///
 /// # Errors
 ///
 /// When a file cannot be read.
-pub fn run(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Result<PipelineFigures> {
+pub fn run(
+    files: &[PathBuf],
+    flush_every: usize,
+    runs: usize,
+    cfg: &Config,
+) -> anyhow::Result<PipelineFigures> {
     // The load mixes both topics in one file; route lines by kind as producers do,
     // before the clock starts.
     let mut lines: Vec<(TopicKind, Vec<u8>)> = Vec::new();
@@ -69,12 +96,50 @@ pub fn run(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Resul
             lines.push((topic_of(l), l.to_vec()));
         }
     }
-    let (mut proc, dims, limits) = load_processor(cfg, false);
+    let advertisers = advertisers_in(&lines);
+    let (state, _kept) = measure_state(&lines, flush_every, advertisers, cfg);
+    let mut seconds = Vec::new();
+    let mut last = None;
+    for _ in 0..runs.max(1) {
+        let (secs, proc, invalid) = throughput_run(&lines, flush_every, advertisers, cfg);
+        seconds.push(secs);
+        last = Some((proc, invalid));
+    }
+    let (proc, invalid) = last.expect("at least one run");
+    let mut sorted = seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let s = proc.stats();
+    #[allow(clippy::cast_precision_loss)]
+    Ok(PipelineFigures {
+        events: lines.len(),
+        events_per_second: lines.len() as f64 / median,
+        ns_per_event: median * 1e9 / lines.len().max(1) as f64,
+        seconds,
+        accepted: s.accepted.iter().sum(),
+        duplicates: s.duplicates,
+        rejected: s.rejected,
+        invalid,
+        attributed: s.attributed,
+        state,
+        peak_rss_mib: peak_rss_kib() as f64 / 1024.0,
+    })
+}
+
+type Invalid = std::collections::BTreeMap<&'static str, u64>;
+
+/// One timed pass of the whole core over the lines.
+fn throughput_run(
+    lines: &[(TopicKind, Vec<u8>)],
+    flush_every: usize,
+    advertisers: i64,
+    cfg: &Config,
+) -> (f64, Processor, Invalid) {
+    let (mut proc, dims, limits) = load_processor(cfg, false, advertisers);
     let now = common::day::now_ms();
-    let rss_before = rss_kib();
     let started = Instant::now();
     let mut offsets = [0_i64; 2];
-    let mut invalid = std::collections::BTreeMap::new();
+    let mut invalid = Invalid::new();
     for (i, (topic, line)) in lines.iter().enumerate() {
         let topic = *topic;
         let off = offsets[topic.index()];
@@ -89,39 +154,136 @@ pub fn run(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Resul
         }
     }
     std::hint::black_box(proc.take_flush(true));
-    let seconds = started.elapsed().as_secs_f64();
-    let rss_after = rss_kib();
-    let s = proc.stats();
-    let clicks = proc.clicks_len();
-    #[allow(clippy::cast_precision_loss)]
-    Ok(PipelineFigures {
-        events: lines.len(),
-        seconds,
-        events_per_second: lines.len() as f64 / seconds,
-        ns_per_event: seconds * 1e9 / lines.len().max(1) as f64,
-        accepted: s.accepted.iter().sum(),
-        duplicates: s.duplicates,
-        rejected: s.rejected,
-        invalid,
-        attributed: s.attributed,
-        clicks_tracked: clicks,
-        approx_bytes_per_click: APPROX_BYTES_PER_CLICK,
-        state_bytes_per_click: (rss_after.saturating_sub(rss_before) as f64 * 1024.0)
-            / clicks.max(1) as f64,
-        peak_rss_mib: peak_rss_kib() as f64 / 1024.0,
-    })
+    (started.elapsed().as_secs_f64(), proc, invalid)
 }
 
-/// A processor set up for the standard load, its dimensions, and validation limits
-/// that accept the load's historical event times (as a replay would).
+/// Builds the click index and the dedup set alone from the events, as the processor
+/// feeds them (pruned and expired at every flush), and measures what each added to
+/// the resident memory. Returns the figures and the two states, which the caller keeps
+/// alive so later runs cannot reuse their memory.
+fn measure_state(
+    lines: &[(TopicKind, Vec<u8>)],
+    flush_every: usize,
+    advertisers: i64,
+    cfg: &Config,
+) -> (StateFigures, (ClickIndex, Dedup)) {
+    let (_, dims, limits) = load_processor(cfg, false, advertisers);
+    let pcfg = ProcessorConfig::from_config(0, cfg);
+    let now = common::day::now_ms();
+    let events = || {
+        lines
+            .iter()
+            .filter_map(move |(t, l)| decode(l, *t, now, &limits).ok())
+    };
+    let before = rss_kib();
+    let mut dedup = Dedup::new(pcfg.dedup_horizon_ms);
+    for (i, e) in events().enumerate() {
+        dedup.insert(id_hash(&e.event_id), e.ts);
+        if (i + 1) % flush_every == 0 {
+            dedup.expire(e.ts);
+            drop(dedup.take_added());
+        }
+    }
+    let dedup_rss = rss_kib().saturating_sub(before);
+    let before = rss_kib();
+    let mut clicks = ClickIndex::new(pcfg.rules.lookback_ms);
+    for (i, e) in events().enumerate() {
+        if let (EventKind::Click, Some(ad), Some(adv)) = (
+            e.kind,
+            e.ad_id.and_then(|a| dims.ad(a)),
+            dims.advertiser(e.advertiser_id),
+        ) {
+            clicks.insert(StoredClick {
+                user: id_hash(&e.user_id),
+                advertiser_id: ad.advertiser_id,
+                click: ClickRef {
+                    ts: e.ts,
+                    #[allow(clippy::cast_possible_wrap)]
+                    seq: i as i64,
+                    ad_id: ad.ad_id,
+                    campaign_id: ad.campaign_id,
+                    product_id: e.product_id.unwrap_or_default(),
+                    day: local_day(e.ts, adv.tz),
+                },
+            });
+        }
+        if (i + 1) % flush_every == 0 {
+            clicks.prune(e.ts - pcfg.out_of_orderness_ms);
+            drop(clicks.take_added());
+        }
+    }
+    let clicks_rss = rss_kib().saturating_sub(before);
+    let per = |bytes: f64, n: usize| {
+        #[allow(clippy::cast_precision_loss)]
+        let v = bytes / n.max(1) as f64;
+        v
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let figures = StateFigures {
+        clicks_tracked: clicks.len(),
+        bytes_per_click: per(clicks_rss as f64 * 1024.0, clicks.len()),
+        table_bytes_per_click: per(clicks.bytes() as f64, clicks.len()),
+        ids_seen: dedup.len(),
+        bytes_per_id: per(dedup_rss as f64 * 1024.0, dedup.len()),
+        table_bytes_per_id: per(dedup.bytes() as f64, dedup.len()),
+    };
+    (figures, (clicks, dedup))
+}
+
+/// glibc's malloc tunables the benchmark runs under: fixed mmap and trim thresholds.
+///
+/// By default glibc raises its mmap threshold each time a large block is freed (up to
+/// 32 MiB) and then keeps freed heap memory resident; a growing table frees ever larger
+/// blocks, so the flush buffers freed next to it stayed resident and read as state
+/// (54 bytes per click and 18 per id here, where the tables themselves take 36 and 12).
+/// With fixed thresholds the resident growth is the state's own.
+pub const MALLOC_TUNABLES: &str =
+    "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072";
+
+/// Re-runs this process under [`MALLOC_TUNABLES`] unless it already is; returns the
+/// child's exit code (`None`: this is the run to do).
+///
+/// # Errors
+///
+/// When the executable cannot be started again.
+pub fn rerun_with_fixed_malloc_thresholds() -> anyhow::Result<Option<i32>> {
+    if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return Ok(None);
+    }
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", MALLOC_TUNABLES)
+        .status()?;
+    Ok(Some(status.code().unwrap_or(1)))
+}
+
+/// The advertiser count of the load in `lines` (its highest id plus one), so the
+/// dimensions hold what the speed layer's cache would hold after warm-up, no more.
+fn advertisers_in(lines: &[(TopicKind, Vec<u8>)]) -> i64 {
+    let limits = Limits {
+        max_age_ms: i64::MAX,
+        max_future_ms: i64::MAX / 2,
+        ..Limits::default()
+    };
+    lines
+        .iter()
+        .filter_map(|(t, l)| decode(l, *t, 0, &limits).ok())
+        .map(|e| e.advertiser_id + 1)
+        .max()
+        .unwrap_or(1)
+}
+
+/// A processor set up for the standard load of `advertisers` advertisers, its
+/// dimensions, and validation limits that accept the load's historical event times
+/// (as a replay would).
 pub(crate) fn load_processor(
     cfg: &Config,
     detail_rows: bool,
+    advertisers: i64,
 ) -> (Processor, StaticDimensions, Limits) {
     let mut pcfg = ProcessorConfig::from_config(0, cfg);
     pcfg.detail_rows = detail_rows;
-    // Advertiser ids from the load's default (1 000) with room for larger runs.
-    let dims = StaticDimensions::standard_load(10_001);
+    let dims = StaticDimensions::standard_load(advertisers);
     let limits = Limits {
         max_age_ms: i64::MAX,
         max_future_ms: i64::MAX / 2,

@@ -99,9 +99,12 @@ pub async fn run(
     })
 }
 
+/// Advertisers of the standard load (its default of 1 000, with room for larger runs).
+const ADVERTISERS: i64 = 10_001;
+
 /// Runs the speed layer's core over the load and keeps its detail rows.
 fn detail_rows(cfg: &Config, files: &[PathBuf], rows: usize) -> anyhow::Result<Vec<DetailRow>> {
-    let (mut proc, dims, limits) = crate::bench::load_processor(cfg, true);
+    let (mut proc, dims, limits) = crate::bench::load_processor(cfg, true, ADVERTISERS);
     let now = common::day::now_ms();
     let mut out = Vec::with_capacity(rows);
     let mut offsets = [0_i64; 2];

@@ -120,6 +120,9 @@ enum BenchCommand {
         /// Close windows and assemble a flush every N events.
         #[arg(long, default_value_t = 50_000)]
         flush_every: usize,
+        /// Timed runs (the figure is their median); the state is measured once.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
     /// Throughput producer -> Kafka -> speed layer -> Redis next to a bare consumer on
     /// the same topic, and freshness at fixed rates; in a namespace of its own.
@@ -158,11 +161,19 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
     if let Command::Bench {
-        which: BenchCommand::Pipeline { files, flush_every },
+        which:
+            BenchCommand::Pipeline {
+                files,
+                flush_every,
+                runs,
+            },
     } = &cli.command
     {
+        if let Some(code) = speed_layer::bench::rerun_with_fixed_malloc_thresholds()? {
+            std::process::exit(code);
+        }
         // One core: the figure is per core, and the benchmark is single-threaded.
-        let figures = speed_layer::bench::run(files, *flush_every, &cfg)?;
+        let figures = speed_layer::bench::run(files, *flush_every, *runs, &cfg)?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }

@@ -332,6 +332,7 @@ fn totals(flush: &Flush) -> Totals {
     }
     for users in t.users.values_mut() {
         users.sort_unstable();
+        users.dedup();
     }
     t
 }
@@ -519,7 +520,7 @@ mod tests {
         let mut days = DayDeltas::default();
         c[Measure::Clicks] = 3;
         days.counters.insert(key, c);
-        days.users.insert(UvEntry {
+        days.users.push(UvEntry {
             scope: UvScope::Ad(11),
             day: 20_000,
             user: 42,

@@ -5,13 +5,34 @@
 //! watermark are pruned. Clicks added since the last flush are handed to the flush,
 //! which appends them to Redis, so the state survives restarts and follows its
 //! partition to another instance.
+//!
+//! # What a tracked click costs
+//!
+//! One 24-byte slot of a [`ProbeTable`] kept 52..80 % full: 30-46 bytes per click
+//! (issue 19 bounds it at 48), measured by `speed-layer bench pipeline` as resident
+//! memory growth. The slot holds the (user, advertiser) key, the click time, the low
+//! 32 bits of its offset and the index of its *target*: the (ad, campaign, product,
+//! advertiser, day offset) it credits, interned once per partition, since a few
+//! thousand ads receive millions of clicks. The click's advertiser-local day is
+//! stored as its offset (-1, 0, +1) from the UTC day of its time, so no time zone is
+//! needed to read it back.
+//!
+//! Two approximations, both far below what anyone could observe:
+//! - the (user, advertiser) key is 64 bits (the user's XXH3 hash mixed with the
+//!   advertiser), and the target's advertiser is compared too, so two users of one
+//!   advertiser share clicks only if their hashes collide (n²/2⁶⁵);
+//! - ties of click time are broken by the low 32 bits of the offset: wrong only for
+//!   two clicks of one user in the same millisecond 4 billion messages apart.
 
 use std::collections::BTreeMap;
 
 use common::attribution::ClickRef;
+use common::day::DayNum;
 use common::event::DAY_MS;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+
+use super::probe_table::{ProbeTable, Slot};
 
 /// A click with its owner, as persisted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,20 +45,58 @@ pub struct StoredClick {
     pub click: ClickRef,
 }
 
-/// Bytes one tracked click costs in memory, for the state benchmark: the click plus its
-/// share of the map entry and the day index.
-pub const APPROX_BYTES_PER_CLICK: usize =
-    std::mem::size_of::<ClickRef>() + std::mem::size_of::<(u64, i64)>();
+/// What a click credits, interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Target {
+    ad_id: i64,
+    campaign_id: i64,
+    product_id: i64,
+    advertiser_id: i64,
+    /// Advertiser-local day minus UTC day of the click time.
+    day_offset: i8,
+}
+
+/// One tracked click (24 bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ClickSlot {
+    key: u64,
+    ts: i64,
+    seq: u32,
+    target: u32,
+}
+
+impl Slot for ClickSlot {
+    fn key(&self) -> u64 {
+        self.key
+    }
+}
+
+/// Bytes one tracked click takes in its slot (the table's free slots come on top).
+pub const CLICK_SLOT_BYTES: usize = std::mem::size_of::<ClickSlot>();
+
+/// The table key of a (user, advertiser) pair; never 0.
+fn pair_key(user: u64, advertiser_id: i64) -> u64 {
+    #[allow(clippy::cast_sign_loss)] // bits are mixed, not read as a number
+    let k = user ^ (advertiser_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    k.max(1)
+}
+
+fn utc_day(ts: i64) -> i64 {
+    ts.div_euclid(DAY_MS)
+}
 
 /// The clicks of one partition.
 #[derive(Debug, Default)]
 pub struct ClickIndex {
     retain_ms: i64,
-    by_user: FxHashMap<(u64, i64), Vec<ClickRef>>,
-    /// Users with clicks per UTC day, to prune without scanning everything.
-    by_day: BTreeMap<i64, Vec<(u64, i64)>>,
+    table: ProbeTable<ClickSlot>,
+    targets: Vec<Target>,
+    target_ids: FxHashMap<Target, u32>,
+    /// Clicks per UTC day, to count the live ones.
+    per_day: BTreeMap<i64, usize>,
+    /// Clicks before this time (a UTC day start) are pruned.
+    cutoff: i64,
     added: Vec<StoredClick>,
-    len: usize,
 }
 
 impl ClickIndex {
@@ -45,6 +104,7 @@ impl ClickIndex {
     pub fn new(lookback_ms: i64) -> Self {
         ClickIndex {
             retain_ms: lookback_ms + DAY_MS,
+            cutoff: i64::MIN,
             ..ClickIndex::default()
         }
     }
@@ -57,37 +117,88 @@ impl ClickIndex {
 
     /// Adds a click loaded from Redis (no flush delta).
     pub fn restore(&mut self, c: StoredClick) {
-        let key = (c.user, c.advertiser_id);
-        self.by_user.entry(key).or_default().push(c.click);
-        self.by_day
-            .entry(c.click.ts.div_euclid(DAY_MS))
-            .or_default()
-            .push(key);
-        self.len += 1;
+        if c.click.ts < self.cutoff {
+            return;
+        }
+        if self.table.is_full() {
+            self.forget_pruned();
+        }
+        let day_offset = i64::from(c.click.day) - utc_day(c.click.ts);
+        let target = self.intern(Target {
+            ad_id: c.click.ad_id,
+            campaign_id: c.click.campaign_id,
+            product_id: c.click.product_id,
+            advertiser_id: c.advertiser_id,
+            day_offset: i8::try_from(day_offset).unwrap_or(0),
+        });
+        self.table.insert(
+            ClickSlot {
+                key: pair_key(c.user, c.advertiser_id),
+                ts: c.click.ts,
+                // Low 32 bits: a tie-break only (see the module docs).
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                seq: c.click.seq as u32,
+                target,
+            },
+            false,
+        );
+        *self.per_day.entry(utc_day(c.click.ts)).or_default() += 1;
     }
 
-    /// The clicks of a user on ads of an advertiser, in arrival order.
-    pub fn clicks(&self, user: u64, advertiser_id: i64) -> &[ClickRef] {
-        self.by_user
-            .get(&(user, advertiser_id))
-            .map_or(&[], Vec::as_slice)
+    fn intern(&mut self, t: Target) -> u32 {
+        if let Some(&i) = self.target_ids.get(&t) {
+            return i;
+        }
+        let i = u32::try_from(self.targets.len()).unwrap_or(u32::MAX);
+        self.targets.push(t);
+        self.target_ids.insert(t, i);
+        i
     }
 
-    /// Drops clicks older than the retention behind `traffic_watermark`.
+    /// The clicks of a user on ads of an advertiser, in no particular order, into
+    /// `out` (cleared first).
+    pub fn clicks_into(&self, user: u64, advertiser_id: i64, out: &mut Vec<ClickRef>) {
+        out.clear();
+        let key = pair_key(user, advertiser_id);
+        for s in self.table.probe(key) {
+            if s.key != key || s.ts < self.cutoff {
+                continue;
+            }
+            let t = self.targets[s.target as usize];
+            if t.advertiser_id != advertiser_id {
+                continue;
+            }
+            #[allow(clippy::cast_possible_truncation)] // days since 1970 fit an i32
+            let day = (utc_day(s.ts) + i64::from(t.day_offset)) as DayNum;
+            out.push(ClickRef {
+                ts: s.ts,
+                seq: i64::from(s.seq),
+                ad_id: t.ad_id,
+                campaign_id: t.campaign_id,
+                product_id: t.product_id,
+                day,
+            });
+        }
+    }
+
+    /// Drops clicks older than the retention behind `traffic_watermark` (from the
+    /// start of their UTC day): they are no longer found, and their slots are freed
+    /// once they are an eighth of the table's entries (or when it needs room), in one
+    /// pass, so the table holds at most about a day of pruned clicks.
     pub fn prune(&mut self, traffic_watermark: i64) {
         let cutoff = traffic_watermark.saturating_sub(self.retain_ms);
-        let keep = self.by_day.split_off(&cutoff.div_euclid(DAY_MS));
-        for keys in std::mem::replace(&mut self.by_day, keep).into_values() {
-            for key in keys {
-                if let Some(v) = self.by_user.get_mut(&key) {
-                    let before = v.len();
-                    v.retain(|c| c.ts >= cutoff.div_euclid(DAY_MS) * DAY_MS);
-                    self.len -= before - v.len();
-                    if v.is_empty() {
-                        self.by_user.remove(&key);
-                    }
-                }
-            }
+        self.cutoff = self.cutoff.max(utc_day(cutoff) * DAY_MS);
+        let held = self.table.len();
+        if (held - self.len()) * 8 >= held.max(1) {
+            self.forget_pruned();
+        }
+    }
+
+    fn forget_pruned(&mut self) {
+        let cutoff = self.cutoff;
+        self.table.make_room(|s| s.ts >= cutoff);
+        if cutoff > i64::MIN {
+            self.per_day = self.per_day.split_off(&utc_day(cutoff));
         }
     }
 
@@ -96,14 +207,27 @@ impl ClickIndex {
         std::mem::take(&mut self.added)
     }
 
-    /// Clicks held.
+    /// Clicks held (not pruned).
     pub fn len(&self) -> usize {
-        self.len
+        if self.cutoff == i64::MIN {
+            return self.per_day.values().sum();
+        }
+        self.per_day
+            .range(utc_day(self.cutoff)..)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// True when no click is held.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Bytes of the table (free slots included) and the interned targets.
+    pub fn bytes(&self) -> usize {
+        self.table.bytes()
+            + self.targets.capacity() * std::mem::size_of::<Target>()
+            + self.target_ids.capacity() * (std::mem::size_of::<(Target, u32)>() + 1)
     }
 }
 
@@ -121,9 +245,16 @@ mod tests {
                 ad_id: 10,
                 campaign_id: 1,
                 product_id: 5,
-                day: 0,
+                day: i32::try_from(ts / DAY_MS).unwrap(),
             },
         }
+    }
+
+    fn clicks(idx: &ClickIndex, user: u64, advertiser: i64) -> Vec<ClickRef> {
+        let mut out = Vec::new();
+        idx.clicks_into(user, advertiser, &mut out);
+        out.sort_by_key(|c| c.ts);
+        out
     }
 
     #[test]
@@ -132,7 +263,7 @@ mod tests {
         idx.insert(stored(1, 0));
         idx.insert(stored(1, 3 * DAY_MS));
         idx.insert(stored(2, 3 * DAY_MS));
-        assert_eq!(idx.clicks(1, 1).len(), 2);
+        assert_eq!(clicks(&idx, 1, 1).len(), 2);
         idx.prune(15 * DAY_MS);
         assert_eq!(
             idx.len(),
@@ -141,7 +272,58 @@ mod tests {
         );
         idx.prune(16 * DAY_MS);
         assert_eq!(idx.len(), 2);
-        assert_eq!(idx.clicks(1, 1).len(), 1);
+        assert_eq!(clicks(&idx, 1, 1).len(), 1);
         assert_eq!(idx.take_added().len(), 3);
+    }
+
+    #[test]
+    fn a_click_reads_back_as_stored_with_its_local_day() {
+        let mut idx = ClickIndex::new(14 * DAY_MS);
+        let mut c = stored(7, 5 * DAY_MS + 23 * 3_600_000);
+        c.click.day = 6; // east of UTC: the next local day
+        c.click.seq = (1 << 33) + 12;
+        idx.insert(c);
+        let other_advertiser = StoredClick {
+            advertiser_id: 2,
+            ..stored(7, 5 * DAY_MS)
+        };
+        idx.insert(other_advertiser);
+        let got = clicks(&idx, 7, 1);
+        assert_eq!(
+            got.len(),
+            1,
+            "another advertiser's clicks are not the user's here"
+        );
+        assert_eq!(
+            got[0],
+            ClickRef { seq: 12, ..c.click },
+            "all but the offset's high bits"
+        );
+    }
+
+    #[test]
+    fn pruned_slots_are_reused_so_the_table_follows_the_lookback() {
+        let mut idx = ClickIndex::new(2 * DAY_MS);
+        let per_day = 20_000_u64;
+        for day in 0..30_i64 {
+            for i in 0..per_day {
+                #[allow(clippy::cast_sign_loss)]
+                let user = (day as u64 * per_day + i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                idx.insert(stored(user, day * DAY_MS + 1));
+            }
+            idx.prune(day * DAY_MS + 1);
+            let _ = idx.take_added();
+        }
+        assert_eq!(
+            idx.len(),
+            4 * 20_000,
+            "days 26..=29 (2 days + 1 of slack + today)"
+        );
+        assert!(
+            idx.bytes() <= idx.len() * 48,
+            "{} bytes for {} clicks",
+            idx.bytes(),
+            idx.len()
+        );
     }
 }

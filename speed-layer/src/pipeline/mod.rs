@@ -5,5 +5,6 @@
 pub mod clicks;
 pub mod dedup;
 pub mod detail;
+pub mod probe_table;
 pub mod processor;
 pub mod windows;

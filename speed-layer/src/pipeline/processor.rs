@@ -451,8 +451,11 @@ impl Processor {
 
     fn attribution_of(&self, p: &PendingEffect) -> Attribution {
         let e = &p.event;
+        let mut clicks = Vec::new();
+        self.clicks
+            .clicks_into(id_hash(&e.user_id), e.advertiser_id, &mut clicks);
         attribute(
-            self.clicks.clicks(id_hash(&e.user_id), e.advertiser_id),
+            &clicks,
             e.ts,
             e.product_id.unwrap_or_default(),
             p.day,
