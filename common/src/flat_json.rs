@@ -30,12 +30,25 @@ pub fn parse(raw: &[u8]) -> Option<Event<'_>> {
     if s.peek()? == b'}' {
         return None; // missing fields: let serde_json name them
     }
+    let mut expected = 0;
     loop {
-        let key = s.string()?;
+        // Producers write the fields in the schema's order: try the next one as a
+        // literal before reading a key of any name (then the order resumes after it).
+        let field = match CANONICAL_KEYS.get(expected) {
+            Some((_, literal)) if s.b[s.i..].starts_with(literal) => {
+                s.i += literal.len();
+                expected
+            }
+            _ => {
+                let key = s.string()?;
+                s.ws();
+                s.expect(b':')?;
+                CANONICAL_KEYS.iter().position(|(name, _)| *name == key)?
+            }
+        };
+        expected = field + 1;
         s.ws();
-        s.expect(b':')?;
-        s.ws();
-        f.set(key, &mut s)?;
+        f.set(field, &mut s)?;
         s.ws();
         match s.next()? {
             b',' => s.ws(),
@@ -49,6 +62,21 @@ pub fn parse(raw: &[u8]) -> Option<Event<'_>> {
     }
     f.finish()
 }
+
+/// The fields in the order of the schema's table (and of every producer here), with
+/// the text that opens each: `"name":`.
+const CANONICAL_KEYS: [(&str, &[u8]); 10] = [
+    ("v", b"\"v\":"),
+    ("kind", b"\"kind\":"),
+    ("event_id", b"\"event_id\":"),
+    ("ts", b"\"ts\":"),
+    ("user_id", b"\"user_id\":"),
+    ("ad_id", b"\"ad_id\":"),
+    ("advertiser_id", b"\"advertiser_id\":"),
+    ("product_id", b"\"product_id\":"),
+    ("cost_micros", b"\"cost_micros\":"),
+    ("gmv_micros", b"\"gmv_micros\":"),
+];
 
 struct Scanner<'a> {
     /// The message, known to be UTF-8.
@@ -158,18 +186,19 @@ fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
 }
 
 impl<'a> Fields<'a> {
-    fn set(&mut self, key: &str, s: &mut Scanner<'a>) -> Option<()> {
-        match key {
-            "kind" => once(&mut self.kind, EventKind::parse(s.string()?)?),
-            "event_id" => once(&mut self.event_id, s.string()?),
-            "ts" => once(&mut self.ts, s.int()?),
-            "user_id" => once(&mut self.user_id, s.string()?),
-            "ad_id" => once(&mut self.ad_id, s.nullable_int()?),
-            "advertiser_id" => once(&mut self.advertiser_id, s.int()?),
-            "product_id" => once(&mut self.product_id, s.nullable_int()?),
-            "cost_micros" => once(&mut self.cost_micros, s.nullable_int()?),
-            "gmv_micros" => once(&mut self.gmv_micros, s.nullable_int()?),
-            "v" => once(&mut self.v, u16::try_from(s.int()?).ok()?),
+    /// Reads the value of field `field` (an index into `CANONICAL_KEYS`).
+    fn set(&mut self, field: usize, s: &mut Scanner<'a>) -> Option<()> {
+        match field {
+            0 => once(&mut self.v, u16::try_from(s.int()?).ok()?),
+            1 => once(&mut self.kind, EventKind::parse(s.string()?)?),
+            2 => once(&mut self.event_id, s.string()?),
+            3 => once(&mut self.ts, s.int()?),
+            4 => once(&mut self.user_id, s.string()?),
+            5 => once(&mut self.ad_id, s.nullable_int()?),
+            6 => once(&mut self.advertiser_id, s.int()?),
+            7 => once(&mut self.product_id, s.nullable_int()?),
+            8 => once(&mut self.cost_micros, s.nullable_int()?),
+            9 => once(&mut self.gmv_micros, s.nullable_int()?),
             _ => None,
         }
     }

@@ -33,6 +33,7 @@
 //! - [`pipeline`]: the pure core ([`pipeline::processor::Processor`]).
 //! - [`dims`]: MySQL dimensions behind bounded TTL caches.
 //! - [`state`]: loading and flushing a partition's state in Redis.
+//! - [`uv_cache`]: the UV entries recently written, so a flush does not send them again.
 //! - [`partition`]: the task that owns one partition.
 //! - [`consumer`]: the Kafka consumer group, rebalances, dispatch.
 //! - [`dlq`]: the dead-letter producer.
@@ -56,3 +57,4 @@ pub mod replay;
 pub mod service;
 pub mod state;
 pub mod status;
+pub mod uv_cache;

@@ -31,6 +31,7 @@ use crate::dims::DimCache;
 use crate::dlq::{DeadLetters, DlqError};
 use crate::pipeline::processor::{Outcome, Processor, ProcessorConfig, Stats};
 use crate::state::{self, Ownership, StateError, Ttls};
+use crate::uv_cache::SentUsers;
 
 /// A message handed from the consumer to its partition task.
 #[derive(Debug)]
@@ -99,6 +100,7 @@ struct Task {
     last_flush: Instant,
     unflushed: usize,
     reported: Stats,
+    sent_users: SentUsers,
 }
 
 /// Runs the task of partition `own.partition` until revoked (`stop`), fenced, or
@@ -141,6 +143,7 @@ pub async fn run(
             last_flush: Instant::now(),
             unflushed: 0,
             reported: Stats::default(),
+            sent_users: SentUsers::default(),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -324,7 +327,8 @@ impl Task {
             // offsets that cover them are.
             sink.barrier().await.map_err(PartitionError::Sink)?;
         }
-        let flush = self.proc.take_flush(close_all);
+        let mut flush = self.proc.take_flush(close_all);
+        self.sent_users.filter(&mut flush.days.users);
         let windows = flush.closed.len();
         let now = now_ms();
         let keys = self.shared.keys.clone();

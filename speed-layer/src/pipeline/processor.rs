@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::clicks::{ClickIndex, StoredClick};
 use super::dedup::Dedup;
 use super::detail::DetailRow;
-use super::windows::{AdDay, DayDeltas, SentUsers, UvEntry, Window, Windows};
+use super::windows::{AdDay, DayDeltas, UvEntry, Window, Windows};
 
 /// Parameters of a processor (from `[speed]` and `[attribution]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,8 +165,6 @@ pub struct Processor {
     pending_added: BTreeMap<i64, PendingEffect>,
     pending_removed: Vec<i64>,
     windows: Windows,
-    /// UV entries already sent to Redis (a cache: re-sending is harmless).
-    sent_users: SentUsers,
     max_ts: [i64; 2],
     idle_floor: [i64; 2],
     next_offsets: [Option<i64>; 2],
@@ -187,7 +185,6 @@ impl Processor {
             pending_added: BTreeMap::new(),
             pending_removed: Vec::new(),
             windows: Windows::new(cfg.window_ms),
-            sent_users: SentUsers::default(),
             max_ts: [i64::MIN; 2],
             idle_floor: [i64::MIN; 2],
             next_offsets: [None; 2],
@@ -308,10 +305,7 @@ impl Processor {
                 UvScope::Campaign(ad.campaign_id),
                 UvScope::Advertiser(ad.advertiser_id),
             ] {
-                let entry = UvEntry { scope, day, user };
-                if self.sent_users.first_time(&entry) {
-                    self.windows.add_user(entry);
-                }
+                self.windows.add_user(UvEntry { scope, day, user });
             }
             if e.kind == EventKind::Click {
                 let click = ClickRef {

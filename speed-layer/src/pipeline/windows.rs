@@ -14,7 +14,6 @@
 //! flush, so the snapshot of open windows never needs them.
 
 use std::collections::BTreeMap;
-use std::hash::BuildHasher as _;
 
 use common::counters::Counters;
 use common::day::DayNum;
@@ -75,10 +74,10 @@ impl Window {
 pub struct DayDeltas {
     /// Counter deltas per (advertiser, ad, day).
     pub counters: FxHashMap<AdDay, Counters>,
-    /// (scope, day, user) seen, in arrival order. Mostly distinct ([`SentUsers`]
-    /// filters repeats); a repeat is harmless, as adding a user to a HyperLogLog twice
-    /// changes nothing. A list, not a set: a set insert per entry cost a sixth of the
-    /// pipeline's time, and the Redis writer groups the entries by key anyway.
+    /// (scope, day, user) seen, in arrival order, repeats included: adding a user to a
+    /// HyperLogLog twice changes nothing, and the Redis writer sorts the entries by
+    /// key and drops repeats anyway (`crate::uv_cache` drops those sent recently). A
+    /// list, not a set: a set insert per entry cost a sixth of the core's time.
     pub users: Vec<UvEntry>,
 }
 
@@ -106,41 +105,6 @@ pub struct Windows {
     /// Keys the last closed window held: a new window starts with that much room.
     #[serde(skip)]
     window_room: usize,
-}
-
-/// The UV entries recently handed to a flush, as hashes: adding a user to a
-/// HyperLogLog twice changes nothing, so a returning user need not be sent again. A
-/// cache only, never needed for correctness: direct-mapped (one slot per hash value
-/// modulo its size, a newer entry evicts an older one), empty after a restart. A 64-bit
-/// hash collision (odds about 1e-13 per entry) would skip one entry, far below the
-/// HyperLogLog's own 0.81 % error.
-///
-/// Direct-mapped rather than a hash set: one memory access per entry and no growth
-/// or clearing; a set insert here cost a tenth of the core's time.
-#[derive(Debug)]
-pub struct SentUsers(Vec<u64>);
-
-/// Slots of the cache (8 bytes each: 8 MiB per partition).
-const SENT_USERS_SLOTS: usize = 1 << 20;
-
-impl Default for SentUsers {
-    fn default() -> Self {
-        SentUsers(vec![0; SENT_USERS_SLOTS])
-    }
-}
-
-impl SentUsers {
-    /// True unless `user` was offered recently (and not evicted since).
-    pub fn first_time(&mut self, user: &UvEntry) -> bool {
-        let h = rustc_hash::FxBuildHasher.hash_one(user) | 1;
-        #[allow(clippy::cast_possible_truncation)] // masked to the slot count
-        let slot = &mut self.0[(h >> 44) as usize & (SENT_USERS_SLOTS - 1)];
-        if *slot == h {
-            return false;
-        }
-        *slot = h;
-        true
-    }
 }
 
 impl Windows {
