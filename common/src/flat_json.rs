@@ -20,9 +20,7 @@ use crate::event::{Event, EventKind};
 /// Parses `raw` if it is in the canonical flat form; `None` means "decode it the
 /// general way", not "invalid".
 pub fn parse(raw: &[u8]) -> Option<Event<'_>> {
-    // One UTF-8 check for the whole message rather than one per string.
-    let text = std::str::from_utf8(raw).ok()?;
-    let mut s = Scanner { text, b: raw, i: 0 };
+    let mut s = Scanner { b: raw, i: 0 };
     let mut f = Fields::default();
     s.ws();
     s.expect(b'{')?;
@@ -34,16 +32,16 @@ pub fn parse(raw: &[u8]) -> Option<Event<'_>> {
     loop {
         // Producers write the fields in the schema's order: try the next one as a
         // literal before reading a key of any name (then the order resumes after it).
-        let field = match CANONICAL_KEYS.get(expected) {
-            Some((_, literal)) if s.b[s.i..].starts_with(literal) => {
-                s.i += literal.len();
+        let field = match s.canonical_key(expected) {
+            Some(len) => {
+                s.i += len;
                 expected
             }
-            _ => {
+            None => {
                 let key = s.string()?;
                 s.ws();
                 s.expect(b':')?;
-                CANONICAL_KEYS.iter().position(|(name, _)| *name == key)?
+                CANONICAL_KEYS.iter().position(|name| *name == key)?
             }
         };
         expected = field + 1;
@@ -63,30 +61,51 @@ pub fn parse(raw: &[u8]) -> Option<Event<'_>> {
     f.finish()
 }
 
-/// The fields in the order of the schema's table (and of every producer here), with
-/// the text that opens each: `"name":`.
-const CANONICAL_KEYS: [(&str, &[u8]); 10] = [
-    ("v", b"\"v\":"),
-    ("kind", b"\"kind\":"),
-    ("event_id", b"\"event_id\":"),
-    ("ts", b"\"ts\":"),
-    ("user_id", b"\"user_id\":"),
-    ("ad_id", b"\"ad_id\":"),
-    ("advertiser_id", b"\"advertiser_id\":"),
-    ("product_id", b"\"product_id\":"),
-    ("cost_micros", b"\"cost_micros\":"),
-    ("gmv_micros", b"\"gmv_micros\":"),
+/// The fields in the order of the schema's table (and of every producer here).
+const CANONICAL_KEYS: [&str; 10] = [
+    "v",
+    "kind",
+    "event_id",
+    "ts",
+    "user_id",
+    "ad_id",
+    "advertiser_id",
+    "product_id",
+    "cost_micros",
+    "gmv_micros",
 ];
 
 struct Scanner<'a> {
-    /// The message, known to be UTF-8.
-    text: &'a str,
-    /// The same bytes.
     b: &'a [u8],
     i: usize,
 }
 
+/// True when `b` starts with the literal `lit` (a constant: compared inline, without
+/// a call to `memcmp`).
+fn opens_with<const N: usize>(b: &[u8], lit: &[u8; N]) -> bool {
+    b.get(..N).is_some_and(|head| head == lit)
+}
+
 impl<'a> Scanner<'a> {
+    /// The length of field `field`'s opening `"name":` if the text continues with it.
+    fn canonical_key(&self, field: usize) -> Option<usize> {
+        let b = &self.b[self.i..];
+        let found = match field {
+            0 => opens_with(b, b"\"v\":"),
+            1 => opens_with(b, b"\"kind\":"),
+            2 => opens_with(b, b"\"event_id\":"),
+            3 => opens_with(b, b"\"ts\":"),
+            4 => opens_with(b, b"\"user_id\":"),
+            5 => opens_with(b, b"\"ad_id\":"),
+            6 => opens_with(b, b"\"advertiser_id\":"),
+            7 => opens_with(b, b"\"product_id\":"),
+            8 => opens_with(b, b"\"cost_micros\":"),
+            9 => opens_with(b, b"\"gmv_micros\":"),
+            _ => false,
+        };
+        found.then(|| CANONICAL_KEYS[field].len() + 3)
+    }
+
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
@@ -108,7 +127,8 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A string without escapes or control characters.
+    /// A string without escapes or control characters, as valid UTF-8 (checked per
+    /// string: outside strings, the scanner accepts ASCII only).
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
         let rest = &self.b[self.i..];
@@ -118,8 +138,7 @@ impl<'a> Scanner<'a> {
         if rest[len] != b'"' {
             return None;
         }
-        // Both ends are ASCII quotes, so char boundaries.
-        let text = self.text.get(self.i..self.i + len)?;
+        let text = std::str::from_utf8(&rest[..len]).ok()?;
         self.i += len + 1;
         Some(text)
     }

@@ -32,7 +32,7 @@ use common::event::DAY_MS;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::probe_table::{ProbeTable, Slot};
+use super::probe_table::{EXPIRED_SHARE, ProbeTable, Slot};
 
 /// A click with its owner, as persisted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,13 +183,13 @@ impl ClickIndex {
 
     /// Drops clicks older than the retention behind `traffic_watermark` (from the
     /// start of their UTC day): they are no longer found, and their slots are freed
-    /// once they are an eighth of the table's entries (or when it needs room), in one
+    /// once they are a sixth of the table's entries (or when it needs room), in one
     /// pass, so the table holds at most about a day of pruned clicks.
     pub fn prune(&mut self, traffic_watermark: i64) {
         let cutoff = traffic_watermark.saturating_sub(self.retain_ms);
         self.cutoff = self.cutoff.max(utc_day(cutoff) * DAY_MS);
         let held = self.table.len();
-        if (held - self.len()) * 8 >= held.max(1) {
+        if (held - self.len()) * EXPIRED_SHARE >= held.max(1) {
             self.forget_pruned();
         }
     }

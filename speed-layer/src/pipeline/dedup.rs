@@ -17,7 +17,7 @@
 //! are handed to the flush, so the set survives restarts (a Redis list of id blobs per
 //! hour, see `crate::state`).
 
-use super::probe_table::{ProbeTable, Slot};
+use super::probe_table::{EXPIRED_SHARE, ProbeTable, Slot};
 
 const HOUR_MS: i64 = 3_600_000;
 const TAG_BITS: u32 = 8;
@@ -134,15 +134,15 @@ impl Dedup {
     }
 
     /// Hours older than the horizon before `newest_ts` are expired: their ids are
-    /// forgotten once they are an eighth of the table's entries (or when it needs
-    /// room), in one pass, so the table holds at most about an eighth more than its
+    /// forgotten once they are a sixth of the table's entries (or when it needs
+    /// room), in one pass, so the table holds at most about a sixth more than its
     /// horizon.
     pub fn expire(&mut self, newest_ts: i64) {
         self.oldest_kept = self
             .oldest_kept
             .max(Self::hour_of(newest_ts) - self.horizon_hours);
         let held = self.table.len();
-        if (held - self.len()) * 8 >= held.max(1) {
+        if (held - self.len()) * EXPIRED_SHARE >= held.max(1) {
             self.forget_expired();
         }
     }

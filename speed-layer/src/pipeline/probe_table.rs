@@ -21,6 +21,12 @@ pub trait Slot: Copy + Default {
     fn key(&self) -> u64;
 }
 
+/// Owners free expired entries once they are one in this many of a table's entries:
+/// rarely enough that the pass costs little (a 24 h dedup horizon passes every 4 hours
+/// of event time), often enough that they hold no more than a sixth on top of the live
+/// ones.
+pub const EXPIRED_SHARE: usize = 6;
+
 /// Fullest a table gets before room is made, percent of its slots.
 pub const MAX_LOAD_PERCENT: usize = 80;
 /// How full a table may be after room was made, percent: above it, it grows.
@@ -122,18 +128,23 @@ impl<T: Slot> ProbeTable<T> {
         // Positions are counted from `start`, where no cluster crosses.
         let from_start = |i: usize| (i + n - start) % n;
         let mut last_free = 0;
+        // Whether a slot was freed since the last slot that was empty before the pass:
+        // no probe crosses such a slot, so until then nothing can move back.
+        let mut freed_in_cluster = false;
         for k in 1..n {
             let i = (start + k) % n;
             let s = self.slots[i];
             if s.key() == 0 {
                 last_free = k;
+                freed_in_cluster = false;
                 continue;
             }
             if !keep(&s) {
                 self.slots[i] = T::default();
                 self.len -= 1;
                 last_free = k;
-            } else if last_free >= from_start(self.home(s.key())) {
+                freed_in_cluster = true;
+            } else if freed_in_cluster && last_free >= from_start(self.home(s.key())) {
                 // A slot freed in this pass lies on its probe: move it back.
                 self.slots[i] = T::default();
                 self.len -= 1;
