@@ -672,6 +672,13 @@ impl Config {
         if self.speed.idle_timeout.is_zero() {
             errs.push("speed.idle_timeout must be positive".into());
         }
+        // The dedup set tells hours apart by an 8-bit tag (speed-layer's pipeline::dedup).
+        if self.speed.dedup_horizon > Duration::from_secs(240 * 3_600) {
+            errs.push(format!(
+                "speed.dedup_horizon must be at most 240h (10 days), got {:?}",
+                self.speed.dedup_horizon
+            ));
+        }
         if self.attribution.lookback < Duration::from_secs(86_400) {
             errs.push("attribution.lookback must be at least one day".into());
         }

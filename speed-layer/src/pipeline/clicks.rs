@@ -9,8 +9,8 @@
 //! # What a tracked click costs
 //!
 //! One 24-byte slot of a [`ProbeTable`] kept 52..80 % full: 30-46 bytes per click
-//! (issue 19 bounds it at 48), measured by `speed-layer bench pipeline` as resident
-//! memory growth. The slot holds the (user, advertiser) key, the click time, the low
+//! with the free slots (issue 19 bounds it at 48); 37 bytes measured by
+//! `speed-layer bench pipeline` as resident memory growth on the standard load. The slot holds the (user, advertiser) key, the click time, the low
 //! 32 bits of its offset and the index of its *target*: the (ad, campaign, product,
 //! advertiser, day offset) it credits, interned once per partition, since a few
 //! thousand ads receive millions of clicks. The click's advertiser-local day is

@@ -2,8 +2,9 @@
 //!
 //! # What a seen event costs
 //!
-//! One 8-byte slot of a [`ProbeTable`], 53..80 % full: 10-15 bytes per id (issue 19
-//! bounds it at 16), measured by `speed-layer bench pipeline` as resident memory growth.
+//! One 8-byte slot of a [`ProbeTable`] (52..80 % full), about 12-15 bytes per id
+//! with the free slots (issue 19 bounds it at 16): 12.7 bytes measured by
+//! `speed-layer bench pipeline` as resident memory growth on the standard load.
 //! The slot is the id's 64-bit hash (XXH3, [`common::event::id_hash`]) with its low
 //! byte replaced by the event hour of its first copy modulo 256, so the ids of an
 //! hour can be forgotten without a list per hour. Two ids are taken for the same when
@@ -24,7 +25,8 @@ const TAG_BITS: u32 = 8;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 /// Hours after the newest an id may carry and still be told apart from the oldest.
 const FUTURE_HOURS: i64 = 8;
-/// Longest horizon the hour tags tell apart (longer ones are cut to it).
+/// Longest horizon the hour tags tell apart (the configuration refuses longer ones,
+/// at 240 h).
 pub const MAX_HORIZON_HOURS: i64 = (1 << TAG_BITS) - FUTURE_HOURS - 1;
 
 /// An id's top 56 bits and its hour tag.
