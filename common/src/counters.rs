@@ -96,6 +96,21 @@ impl Measure {
         Some(Measure::ALL[base as usize + attribution.offset()])
     }
 
+    /// True for the measures of the 10-second series (the dashboard's live chart):
+    /// traffic, cost and attributed effects. Unattributed effects belong to no ad and
+    /// settle up to the effect wait (3 h) after their time, long after their window
+    /// was drawn, so they count in the day totals only.
+    pub fn in_series(self) -> bool {
+        !matches!(
+            self,
+            Measure::ConsultationsUnattributed
+                | Measure::PrivateMessagesUnattributed
+                | Measure::OrdersUnattributed
+                | Measure::PaymentsUnattributed
+                | Measure::GmvMicrosUnattributed
+        )
+    }
+
     /// The GMV measure for `attribution`.
     pub fn gmv(attribution: AttributionKind) -> Measure {
         Measure::ALL[Measure::GmvMicrosDirect as usize + attribution.offset()]
@@ -238,6 +253,18 @@ impl Derived {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_series_carries_traffic_and_attributed_effects_only() {
+        let series: Vec<&str> = Measure::ALL
+            .into_iter()
+            .filter(|m| m.in_series())
+            .map(Measure::name)
+            .collect();
+        assert_eq!(series.len(), 13);
+        assert!(series.iter().all(|n| !n.ends_with("_unattributed")));
+        assert!(series.contains(&"gmv_micros_indirect") && series.contains(&"cost_micros"));
+    }
 
     #[test]
     fn names_are_unique_and_parse_back() {

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::pipeline::clicks::{ClickIndex, StoredClick};
 use crate::pipeline::dedup::Dedup;
-use crate::pipeline::processor::{Processor, ProcessorConfig};
+use crate::pipeline::processor::{Message, Processor, ProcessorConfig};
 
 /// Figures of a benchmark: the throughput runs, then the state measured alone.
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +128,9 @@ pub fn run(
 
 type Invalid = std::collections::BTreeMap<&'static str, u64>;
 
+/// Messages per batch, as `crate::partition` takes them from its queue (up to 2 048).
+const BATCH: usize = 1024;
+
 /// One timed pass of the whole core over the lines.
 fn throughput_run(
     lines: &[(TopicKind, Vec<u8>)],
@@ -140,16 +143,38 @@ fn throughput_run(
     let started = Instant::now();
     let mut offsets = [0_i64; 2];
     let mut invalid = Invalid::new();
-    for (i, (topic, line)) in lines.iter().enumerate() {
-        let topic = *topic;
-        let off = offsets[topic.index()];
-        offsets[topic.index()] += 1;
-        match decode(line, topic, now, &limits) {
-            Ok(e) => _ = std::hint::black_box(proc.process(topic, off, &e, &dims)),
-            Err(r) => *invalid.entry(r.reason.as_str()).or_insert(0) += 1,
+    let mut outcomes = Vec::with_capacity(BATCH);
+    let mut since_flush = 0;
+    // Batches as the partition task receives them from its queue.
+    for chunk in lines.chunks(BATCH) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        let mut positions = Vec::with_capacity(chunk.len());
+        for (topic, line) in chunk {
+            let off = offsets[topic.index()];
+            offsets[topic.index()] += 1;
+            positions.push((*topic, off));
+            match decode(line, *topic, now, &limits) {
+                Ok(e) => batch.push((*topic, off, e)),
+                Err(r) => *invalid.entry(r.reason.as_str()).or_insert(0) += 1,
+            }
         }
-        proc.consumed(topic, off);
-        if (i + 1) % flush_every == 0 {
+        let messages: Vec<Message<'_, '_>> = batch
+            .iter()
+            .map(|(topic, offset, event)| Message {
+                topic: *topic,
+                offset: *offset,
+                event,
+            })
+            .collect();
+        outcomes.clear();
+        proc.process_batch(&messages, &dims, &mut outcomes);
+        std::hint::black_box(&outcomes);
+        for (topic, off) in positions {
+            proc.consumed(topic, off);
+        }
+        since_flush += chunk.len();
+        if since_flush >= flush_every {
+            since_flush = 0;
             std::hint::black_box(proc.take_flush(false));
         }
     }

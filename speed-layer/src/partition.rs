@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::clickhouse_sink::SinkHandle;
 use crate::dims::DimCache;
 use crate::dlq::{DeadLetters, DlqError};
-use crate::pipeline::processor::{Outcome, Processor, ProcessorConfig, Stats};
+use crate::pipeline::processor::{Message, Outcome, Processor, ProcessorConfig, Stats};
 use crate::state::{self, Ownership, StateError, Ttls};
 use crate::uv_cache::SentUsers;
 
@@ -219,11 +219,30 @@ impl Task {
         .await
         .map_err(|e| PartitionError::Sink(format!("unreachable: retries never end: {e}")))?;
         let p = self.own.partition;
+        // The decoded events go through the core's stages as one batch; their
+        // outcomes come back in order, to be merged with the decode rejections.
+        let valid: Vec<Message<'_, '_>> = buf
+            .iter()
+            .zip(&decoded)
+            .filter_map(|(m, d)| {
+                d.as_ref().ok().map(|event| Message {
+                    topic: m.topic,
+                    offset: m.offset,
+                    event,
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(valid.len());
+        self.proc.process_batch(&valid, &dims, &mut outcomes);
+        drop(valid);
+        let mut outcomes = outcomes.into_iter();
         let mut consumed = [0_u64; 2];
         for (m, d) in buf.iter().zip(&decoded) {
             consumed[m.topic.index()] += 1;
             let outcome = match d {
-                Ok(e) => self.proc.process(m.topic, m.offset, e, &dims),
+                Ok(_) => outcomes
+                    .next()
+                    .expect("process_batch yields one outcome per message"),
                 Err(r) => Outcome::Rejected(r.clone()),
             };
             if let Outcome::Rejected(r) = outcome {

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use common::counters::{Counters, Measure};
+use common::counters::Counters;
 use common::day::{DayNum, date_of};
 use common::event::{DAY_MS, TopicKind};
 use common::redis_keys::{AS_OF_FIELD, Keys, UvScope, field};
@@ -21,8 +21,9 @@ use redis::aio::ConnectionLike;
 use rustc_hash::FxHashMap;
 
 use crate::pipeline::clicks::StoredClick;
-use crate::pipeline::dedup::Dedup;
-use crate::pipeline::processor::{Flush, PendingEffect, Processor, ProcessorConfig, Snapshot};
+use crate::pipeline::processor::{
+    Checkpoint, Flush, PendingEffect, Processor, ProcessorConfig, Snapshot,
+};
 
 /// Most arguments one command of the script takes (Lua's `unpack` has a stack limit).
 const MAX_ARGS_PER_OP: usize = 1_000;
@@ -157,49 +158,39 @@ pub async fn load<C: ConnectionLike + Send>(
     let mut clicks = Vec::new();
     let mut seen = Vec::new();
     if let Some(s) = &snapshot {
-        let newest_traffic = s.max_ts[TopicKind::Traffic.index()];
-        if newest_traffic > i64::MIN {
-            let last = newest_traffic.div_euclid(DAY_MS);
-            let first = last - cfg.rules.lookback_ms / DAY_MS - 2;
-            for day in first..=last + 1 {
-                let blobs: Vec<String> = redis::cmd("LRANGE")
-                    .arg(keys.clicks(p, day_num(day)))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(conn)
-                    .await?;
-                for b in blobs {
-                    let batch: Vec<StoredClick> = serde_json::from_str(&b).map_err(corrupt)?;
-                    clicks.extend(batch);
-                }
+        for day in s.click_days(cfg.rules.lookback_ms).into_iter().flatten() {
+            let blobs: Vec<String> = redis::cmd("LRANGE")
+                .arg(keys.clicks(p, day_num(day)))
+                .arg(0)
+                .arg(-1)
+                .query_async(conn)
+                .await?;
+            for b in blobs {
+                let batch: Vec<StoredClick> = serde_json::from_str(&b).map_err(corrupt)?;
+                clicks.extend(batch);
             }
         }
-        let newest = s.max_ts[0].max(s.max_ts[1]);
-        if newest > i64::MIN {
-            let last = Dedup::hour_of(newest);
-            let horizon = Dedup::new(cfg.dedup_horizon_ms).horizon_hours();
-            for hour in last - horizon - 1..=last + 1 {
-                let blobs: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                    .arg(keys.seen_ids(p, hour))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(conn)
-                    .await?;
-                // Sets written by earlier versions, one member per id.
-                let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
-                    .arg(keys.seen(p, hour))
-                    .query_async(conn)
-                    .await?;
-                let ids: Vec<u64> = blobs
-                    .iter()
-                    .flat_map(|b| b.chunks_exact(8))
-                    .chain(members.iter().map(Vec::as_slice))
-                    .filter_map(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_le_bytes)
-                    .collect();
-                if !ids.is_empty() {
-                    seen.push((hour, ids));
-                }
+        for hour in s.seen_hours(cfg.dedup_horizon_ms).into_iter().flatten() {
+            let blobs: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(keys.seen_ids(p, hour))
+                .arg(0)
+                .arg(-1)
+                .query_async(conn)
+                .await?;
+            // Sets written by earlier versions, one member per id.
+            let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+                .arg(keys.seen(p, hour))
+                .query_async(conn)
+                .await?;
+            let ids: Vec<u64> = blobs
+                .iter()
+                .flat_map(|b| b.chunks_exact(8))
+                .chain(members.iter().map(Vec::as_slice))
+                .filter_map(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes)
+                .collect();
+            if !ids.is_empty() {
+                seen.push((hour, ids));
             }
         }
     }
@@ -214,11 +205,13 @@ pub async fn load<C: ConnectionLike + Send>(
         .map_err(corrupt)?;
     Ok(Processor::restore(
         cfg,
-        snapshot,
-        clicks,
-        pending,
-        seen,
-        own.next_offsets,
+        Checkpoint {
+            snapshot,
+            clicks,
+            pending,
+            seen,
+            next_offsets: own.next_offsets,
+        },
     ))
 }
 
@@ -361,11 +354,7 @@ fn build_ops(keys: &Keys, own: &Ownership, flush: &Flush, now_ms: i64, ttl: Ttls
         let key = keys.series(p, *adv, date_of(*day));
         for (start, c) in windows {
             for (m, v) in c.non_zero() {
-                if matches!(
-                    m,
-                    Measure::Exposures | Measure::Clicks | Measure::CostMicros
-                ) || m.name().contains("direct")
-                {
+                if m.in_series() {
                     ops.op("HINCRBY", &key, vec![num(field(*start, m.name())), num(v)]);
                 }
             }
@@ -496,6 +485,7 @@ pub async fn write_flush<C: ConnectionLike + Send>(
 mod tests {
     use super::*;
     use crate::pipeline::windows::{AdDay, DayDeltas, UvEntry, Window};
+    use common::counters::Measure;
 
     #[test]
     fn one_flush_touches_one_hash_slot_and_writes_days_and_series() {

@@ -78,11 +78,17 @@ impl Dedup {
     /// [`MAX_HORIZON_HOURS`]).
     pub fn new(horizon_ms: i64) -> Self {
         Dedup {
-            horizon_hours: ((horizon_ms + HOUR_MS - 1) / HOUR_MS).min(MAX_HORIZON_HOURS),
+            horizon_hours: Self::horizon_hours_of(horizon_ms),
             per_tag: vec![0; 1 << TAG_BITS],
             oldest_kept: i64::MIN,
             ..Dedup::default()
         }
+    }
+
+    /// Whole hours a horizon of `horizon_ms` spans (rounded up, at most
+    /// [`MAX_HORIZON_HOURS`]).
+    pub fn horizon_hours_of(horizon_ms: i64) -> i64 {
+        ((horizon_ms + HOUR_MS - 1) / HOUR_MS).min(MAX_HORIZON_HOURS)
     }
 
     /// Hour bucket of an event time.

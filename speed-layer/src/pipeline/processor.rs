@@ -1,44 +1,40 @@
-//! The per-partition core of the speed layer: dedup, dimension join, attribution and
-//! window aggregation, with no I/O. The Kafka/Redis shell (`crate::partition`) feeds it
-//! decoded events and persists what [`Processor::take_flush`] returns; the benchmark
-//! feeds it a JSON-lines file.
+//! The per-partition core of the speed layer, as typed stages with no I/O:
 //!
-//! # Watermarks and the effect wait
+//! ```text
+//! raw message ─ decode, validate (common::decode) ─> Event
+//!   ─ dimension join (enrich) ───────────────> Enriched        or Rejected
+//!   ─ dedup by event_id (dedup) ─────────────> deduplicated    or Duplicate
+//!   ─ attribution (clicks, effect_wait) ─────> counted traffic / settled effects
+//!   ─ window aggregation (windows) ───────────> day deltas, closed windows
+//!   ─ take_flush ────────────────────────────> Flush (one atomic Redis script)
+//! ```
 //!
-//! The partition tracks the newest event time of each topic. The *event watermark*
-//! (newest time of either topic minus the out-of-orderness bound) closes windows. The
-//! *traffic watermark* (newest traffic time minus the bound) tells when every click at
-//! or before a time has been seen, since a user's traffic arrives in order within its
-//! partition.
-//!
-//! An effect waits in two stages, both timed by the traffic watermark (never by the
-//! effects topic, which runs ahead of the traffic when a backlog is caught up):
-//!
-//! 1. until the traffic watermark passes its time: then, if a click explains it, it is
-//!    attributed with every earlier click known (the batch layer's answer);
-//! 2. otherwise it waits for a late click (one that arrives after it, the design
-//!    brief's "effects can arrive before the click that explains them") until the
-//!    traffic watermark passes its time plus `effect_wait` (3 h); a click of its user
-//!    and advertiser that arrives meanwhile attributes it at once. Then it is counted
-//!    unattributed.
-//!
-//! A quiet partition lets its watermarks follow the wall clock
-//! ([`Processor::advance_idle`]), so waits end on a live stream without traffic.
+//! [`Processor::process_batch`] runs a batch through each stage in turn, in message
+//! order, so a stage's state is touched by one loop at a time (the dedup set's cache
+//! misses overlap instead of stalling every event). The result equals processing the
+//! messages one by one: the join reads only the dimensions, the dedup set changes only
+//! by its own inserts, and attribution and windows see the survivors in order.
+//! The Kafka/Redis shell (`crate::partition`) feeds it decoded batches and persists
+//! what [`Processor::take_flush`] returns; the benchmark feeds it a JSON-lines file.
+//! Watermarks live in [`super::watermark`], the effect wait in [`super::effect_wait`],
+//! detail rows in [`super::detail`], the restart state in [`super::checkpoint`].
 
-use std::collections::BTreeMap;
-
-use common::attribution::{Attribution, ClickRef, Rules, attribute};
+use common::attribution::{Attribution, Rules, attribute};
 use common::counters::UNATTRIBUTED_AD;
-use common::day::{DayNum, local_day};
-use common::decode::{RejectReason, Rejection};
-use common::dims::Dimensions;
+use common::decode::Rejection;
+use common::dims::{AdDim, Dimensions};
 use common::event::{Event, EventKind, TopicKind, id_hash};
 use common::redis_keys::UvScope;
-use serde::{Deserialize, Serialize};
 
+pub use super::checkpoint::{Checkpoint, Snapshot};
 use super::clicks::{ClickIndex, StoredClick};
 use super::dedup::Dedup;
-use super::detail::DetailRow;
+use super::detail::{DetailRow, Placement};
+pub use super::effect_wait::PendingEffect;
+use super::effect_wait::{EffectWait, Settled};
+pub use super::enrich::Message;
+use super::enrich::{Enriched, enrich};
+use super::watermark::Watermarks;
 use super::windows::{AdDay, DayDeltas, UvEntry, Window, Windows};
 
 /// Parameters of a processor (from `[speed]` and `[attribution]`).
@@ -76,24 +72,6 @@ impl ProcessorConfig {
     }
 }
 
-/// An effect waiting for its click, as persisted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingEffect {
-    /// Kafka offset on the effects topic (unique within the partition).
-    pub seq: i64,
-    /// The event.
-    #[serde(deserialize_with = "owned_event")]
-    pub event: Event<'static>,
-    /// Advertiser-local day of the effect.
-    pub day: DayNum,
-    /// Product category (0 if unknown), for the detail row.
-    pub category_id: i64,
-}
-
-fn owned_event<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Event<'static>, D::Error> {
-    Event::deserialize(d).map(Event::into_owned)
-}
-
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -120,15 +98,6 @@ pub struct Stats {
     pub attributed: [u64; 3],
 }
 
-/// What survives in Redis besides deltas: the open windows and the watermarks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Windows not yet closed.
-    pub windows: Windows,
-    /// Newest event time seen per topic (traffic, effects).
-    pub max_ts: [i64; 2],
-}
-
 /// Everything one flush writes, atomically with the offsets.
 #[derive(Debug, Default)]
 pub struct Flush {
@@ -150,27 +119,35 @@ pub struct Flush {
     pub snapshot: Option<Snapshot>,
 }
 
-/// The speed-layer core of one partition.
+/// The speed-layer core of one partition: the state of each stage.
 #[derive(Debug)]
 pub struct Processor {
     cfg: ProcessorConfig,
     dedup: Dedup,
     clicks: ClickIndex,
-    /// Stage 1: effects waiting for the traffic watermark to pass them, by (ts, seq).
-    pending: BTreeMap<(i64, i64), PendingEffect>,
-    /// Stage 2: effects no click explained yet, by (deadline, seq).
-    orphans: BTreeMap<(i64, i64), PendingEffect>,
-    /// Stage-2 keys by (user hash, advertiser), for late clicks.
-    orphans_by_user: rustc_hash::FxHashMap<(u64, i64), Vec<(i64, i64)>>,
-    pending_added: BTreeMap<i64, PendingEffect>,
-    pending_removed: Vec<i64>,
+    waiting: EffectWait,
     windows: Windows,
-    max_ts: [i64; 2],
-    idle_floor: [i64; 2],
+    watermarks: Watermarks,
     next_offsets: [Option<i64>; 2],
     details: Vec<DetailRow>,
+    /// Effects settled by the current step, recorded right after (a reused buffer).
+    settled: Vec<Settled>,
     stats: Stats,
     now_ms: i64,
+}
+
+/// The last-click attribution of a waiting effect, against the clicks known now.
+fn attribution_of(clicks: &ClickIndex, rules: &Rules, p: &PendingEffect) -> Attribution {
+    let e = &p.event;
+    let mut candidates = Vec::new();
+    clicks.clicks_into(id_hash(&e.user_id), e.advertiser_id, &mut candidates);
+    attribute(
+        &candidates,
+        e.ts,
+        e.product_id.unwrap_or_default(),
+        p.day,
+        rules,
+    )
 }
 
 impl Processor {
@@ -179,46 +156,35 @@ impl Processor {
         Processor {
             dedup: Dedup::new(cfg.dedup_horizon_ms),
             clicks: ClickIndex::new(cfg.rules.lookback_ms),
-            pending: BTreeMap::new(),
-            orphans: BTreeMap::new(),
-            orphans_by_user: rustc_hash::FxHashMap::default(),
-            pending_added: BTreeMap::new(),
-            pending_removed: Vec::new(),
+            waiting: EffectWait::new(cfg.effect_wait_ms),
             windows: Windows::new(cfg.window_ms),
-            max_ts: [i64::MIN; 2],
-            idle_floor: [i64::MIN; 2],
+            watermarks: Watermarks::new(cfg.out_of_orderness_ms),
             next_offsets: [None; 2],
             details: Vec::new(),
+            settled: Vec::new(),
             stats: Stats::default(),
             now_ms: 0,
             cfg,
         }
     }
 
-    /// Rebuilds a processor from persisted state (see `crate::state`).
-    pub fn restore(
-        cfg: ProcessorConfig,
-        snapshot: Option<Snapshot>,
-        clicks: impl IntoIterator<Item = StoredClick>,
-        pending: impl IntoIterator<Item = PendingEffect>,
-        seen: impl IntoIterator<Item = (i64, Vec<u64>)>,
-        next_offsets: [Option<i64>; 2],
-    ) -> Self {
+    /// Rebuilds a processor from its checkpoint (see `crate::state`).
+    pub fn restore(cfg: ProcessorConfig, cp: Checkpoint) -> Self {
         let mut p = Processor::new(cfg);
-        if let Some(s) = snapshot {
+        if let Some(s) = cp.snapshot {
             p.windows = s.windows.restored();
-            p.max_ts = s.max_ts;
+            p.watermarks = Watermarks::restored(cfg.out_of_orderness_ms, s.max_ts);
         }
-        for c in clicks {
+        for c in cp.clicks {
             p.clicks.restore(c);
         }
-        for e in pending {
-            p.pending.insert((e.event.ts, e.seq), e);
+        for e in cp.pending {
+            p.waiting.restore(e);
         }
-        for (hour, ids) in seen {
+        for (hour, ids) in cp.seen {
             p.dedup.restore(hour, ids);
         }
-        p.next_offsets = next_offsets;
+        p.next_offsets = cp.next_offsets;
         p
     }
 
@@ -238,8 +204,8 @@ impl Processor {
         self.next_offsets
     }
 
-    /// Processes one decoded, validated event read at `offset` of `topic`.
-    /// The caller also calls [`Processor::consumed`].
+    /// Processes one decoded, validated event read at `offset` of `topic` (a batch of
+    /// one). The caller also calls [`Processor::consumed`].
     pub fn process(
         &mut self,
         topic: TopicKind,
@@ -247,267 +213,190 @@ impl Processor {
         e: &Event<'_>,
         dims: &impl Dimensions,
     ) -> Outcome {
-        let Some(adv) = dims.advertiser(e.advertiser_id) else {
-            self.stats.rejected += 1;
-            return Outcome::Rejected(Rejection::new(
-                RejectReason::UnknownAdvertiser,
-                format!(
-                    "advertiser_id {} is not in the advertisers table",
-                    e.advertiser_id
-                ),
-            ));
-        };
-        let ad = if e.kind.is_traffic() {
-            let ad_id = e.ad_id.unwrap_or_default();
-            let Some(ad) = dims.ad(ad_id) else {
-                self.stats.rejected += 1;
-                return Outcome::Rejected(Rejection::new(
-                    RejectReason::UnknownAd,
-                    format!("ad_id {ad_id} is not in the ads table"),
-                ));
-            };
-            if ad.advertiser_id != e.advertiser_id {
-                self.stats.rejected += 1;
-                return Outcome::Rejected(Rejection::new(
-                    RejectReason::DimensionMismatch,
-                    format!(
-                        "ad {ad_id} belongs to advertiser {}, the event says {}",
-                        ad.advertiser_id, e.advertiser_id
-                    ),
-                ));
-            }
-            Some(ad)
-        } else {
-            None
-        };
-        if !self.dedup.insert(id_hash(&e.event_id), e.ts) {
-            self.stats.duplicates += 1;
-            return Outcome::Duplicate;
+        let mut out = Vec::with_capacity(1);
+        self.process_batch(
+            &[Message {
+                topic,
+                offset,
+                event: e,
+            }],
+            dims,
+            &mut out,
+        );
+        out.pop().expect("one outcome per message")
+    }
+
+    /// Runs decoded, validated messages through the stages, appending one
+    /// [`Outcome`] per message to `outcomes`, in order. The caller also calls
+    /// [`Processor::consumed`] for each.
+    pub fn process_batch(
+        &mut self,
+        batch: &[Message<'_, '_>],
+        dims: &impl Dimensions,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let enriched: Vec<Result<Enriched<'_, '_>, Rejection>> =
+            batch.iter().map(|m| enrich(*m, dims)).collect();
+        let fresh: Vec<bool> = enriched
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .is_ok_and(|x| self.dedup.insert(x.id, x.msg.event.ts))
+            })
+            .collect();
+        for (r, fresh) in enriched.into_iter().zip(fresh) {
+            outcomes.push(match r {
+                Err(rejection) => {
+                    self.stats.rejected += 1;
+                    Outcome::Rejected(rejection)
+                }
+                Ok(_) if !fresh => {
+                    self.stats.duplicates += 1;
+                    Outcome::Duplicate
+                }
+                Ok(x) => {
+                    self.absorb(&x);
+                    Outcome::Accepted
+                }
+            });
         }
-        let t = topic.index();
-        self.max_ts[t] = self.max_ts[t].max(e.ts);
-        self.stats.accepted[t] += 1;
+    }
+
+    /// Stages 4 and 5 for one new event: attribution state and window aggregation.
+    fn absorb(&mut self, x: &Enriched<'_, '_>) {
+        let e = x.msg.event;
+        self.watermarks.observe(x.msg.topic, e.ts);
+        self.stats.accepted[x.msg.topic.index()] += 1;
         if self.windows.is_late(e.ts) {
             self.stats.late += 1;
         }
-        let day = local_day(e.ts, adv.tz);
-        let user = id_hash(&e.user_id);
-        let product_id = e.product_id.unwrap_or_default();
-        if let Some(ad) = ad {
-            let key = AdDay {
-                advertiser_id: ad.advertiser_id,
-                ad_id: ad.ad_id,
-                day,
-            };
-            self.windows.add(e.ts, key, |c| c.add_traffic(e));
-            for scope in [
-                UvScope::Ad(ad.ad_id),
-                UvScope::Campaign(ad.campaign_id),
-                UvScope::Advertiser(ad.advertiser_id),
-            ] {
-                self.windows.add_user(UvEntry { scope, day, user });
-            }
-            if e.kind == EventKind::Click {
-                let click = ClickRef {
-                    ts: e.ts,
-                    seq: offset,
-                    ad_id: ad.ad_id,
-                    campaign_id: ad.campaign_id,
-                    product_id,
-                    day,
-                };
-                self.clicks.insert(StoredClick {
-                    user,
-                    advertiser_id: ad.advertiser_id,
-                    click,
-                });
-                self.retry_orphans(user, ad.advertiser_id);
-            }
-            if self.cfg.detail_rows {
-                let row = self.detail_row(
-                    e,
-                    offset,
-                    day,
-                    (ad.campaign_id, ad.ad_id, ad.category_id),
-                    None,
-                );
-                self.details.push(row);
-            }
+        if let Some(ad) = x.ad {
+            self.count_traffic(x, ad);
         } else {
-            let category_id = dims.product(product_id).map_or(0, |p| p.category_id);
-            let pending = PendingEffect {
-                seq: offset,
+            self.waiting.wait(PendingEffect {
+                seq: x.msg.offset,
                 event: e.clone().into_owned(),
-                day,
-                category_id,
-            };
-            self.pending.insert((e.ts, offset), pending.clone());
-            self.pending_added.insert(offset, pending);
+                day: x.day,
+                category_id: x.category_id,
+            });
         }
-        self.resolve_ready();
-        Outcome::Accepted
+        self.settle_ready();
     }
 
-    /// Traffic watermark: every click at or before it has been seen.
-    fn traffic_watermark(&self) -> i64 {
-        let t = TopicKind::Traffic.index();
-        self.max_ts[t]
-            .saturating_sub(self.cfg.out_of_orderness_ms)
-            .max(self.idle_floor[t])
+    /// Counts an exposure or click; a click joins the click index and may settle
+    /// effects that were waiting for it.
+    fn count_traffic(&mut self, x: &Enriched<'_, '_>, ad: AdDim) {
+        let e = x.msg.event;
+        let key = AdDay {
+            advertiser_id: ad.advertiser_id,
+            ad_id: ad.ad_id,
+            day: x.day,
+        };
+        self.windows.add(e.ts, key, |c| c.add_traffic(e));
+        for scope in [
+            UvScope::Ad(ad.ad_id),
+            UvScope::Campaign(ad.campaign_id),
+            UvScope::Advertiser(ad.advertiser_id),
+        ] {
+            self.windows.add_user(UvEntry {
+                scope,
+                day: x.day,
+                user: x.user,
+            });
+        }
+        if e.kind == EventKind::Click {
+            self.clicks.insert(StoredClick {
+                user: x.user,
+                advertiser_id: ad.advertiser_id,
+                click: common::attribution::ClickRef {
+                    ts: e.ts,
+                    seq: x.msg.offset,
+                    ad_id: ad.ad_id,
+                    campaign_id: ad.campaign_id,
+                    product_id: e.product_id.unwrap_or_default(),
+                    day: x.day,
+                },
+            });
+            let (clicks, rules) = (&self.clicks, &self.cfg.rules);
+            self.waiting.click_arrived(
+                x.user,
+                ad.advertiser_id,
+                |p| attribution_of(clicks, rules, p),
+                &mut self.settled,
+            );
+            self.record_settled();
+        }
+        if self.cfg.detail_rows {
+            let at = Placement {
+                partition: self.cfg.partition,
+                offset: x.msg.offset,
+                day: x.day,
+                campaign_id: ad.campaign_id,
+                ad_id: ad.ad_id,
+                category_id: ad.category_id,
+            };
+            self.details.push(DetailRow::new(e, at, None, self.now_ms));
+        }
+    }
+
+    /// Settles the effects whose wait the traffic watermark has ended.
+    fn settle_ready(&mut self) {
+        let (clicks, rules) = (&self.clicks, &self.cfg.rules);
+        self.waiting.advance(
+            self.watermarks.traffic(),
+            |p| attribution_of(clicks, rules, p),
+            &mut self.settled,
+        );
+        self.record_settled();
+    }
+
+    /// Counts the settled effects under their attribution.
+    fn record_settled(&mut self) {
+        let settled = std::mem::take(&mut self.settled);
+        for s in &settled {
+            let (p, a) = (&s.effect, s.attribution);
+            let e = &p.event;
+            let ad_id = a.click.map_or(UNATTRIBUTED_AD, |c| c.ad_id);
+            self.stats.attributed[a.kind.offset()] += 1;
+            let key = AdDay {
+                advertiser_id: e.advertiser_id,
+                ad_id,
+                day: p.day,
+            };
+            self.windows
+                .add(e.ts, key, |c| c.add_effect(e.kind, e.gmv(), a.kind));
+            if self.cfg.detail_rows {
+                let at = Placement {
+                    partition: self.cfg.partition,
+                    offset: p.seq,
+                    day: p.day,
+                    campaign_id: a.click.map_or(0, |c| c.campaign_id),
+                    ad_id,
+                    category_id: p.category_id,
+                };
+                self.details
+                    .push(DetailRow::new(e, at, Some(a), self.now_ms));
+            }
+        }
+        self.settled = settled;
+        self.settled.clear();
     }
 
     /// Event watermark: windows ending at or before it are complete.
     pub fn watermark(&self) -> i64 {
-        let newest = self.max_ts[0]
-            .max(self.max_ts[1])
-            .saturating_sub(self.cfg.out_of_orderness_ms);
-        newest.max(self.idle_floor[0].min(self.idle_floor[1]))
+        self.watermarks.event()
     }
 
     /// Newest event time seen on `topic` (ms UTC), `i64::MIN` before the first.
     pub fn newest_ts(&self, topic: TopicKind) -> i64 {
-        self.max_ts[topic.index()]
+        self.watermarks.newest(topic)
     }
 
     /// Lets the watermark of an idle topic follow the wall clock: nothing older than
     /// `floor_ms` is expected from it any more.
     pub fn advance_idle(&mut self, topic: TopicKind, floor_ms: i64) {
-        let t = topic.index();
-        self.idle_floor[t] = self.idle_floor[t].max(floor_ms);
-        self.resolve_ready();
-    }
-
-    /// Moves waiting effects along their two stages as the traffic watermark advances.
-    fn resolve_ready(&mut self) {
-        let traffic_wm = self.traffic_watermark();
-        while let Some((&(ts, seq), _)) = self.pending.first_key_value() {
-            if ts >= traffic_wm {
-                break;
-            }
-            let Some(p) = self.pending.remove(&(ts, seq)) else {
-                break;
-            };
-            let a = self.attribution_of(&p);
-            if a.click.is_some() {
-                self.record_effect(&p, a);
-            } else {
-                let key = (ts.saturating_add(self.cfg.effect_wait_ms), seq);
-                self.orphans_by_user
-                    .entry((id_hash(&p.event.user_id), p.event.advertiser_id))
-                    .or_default()
-                    .push(key);
-                self.orphans.insert(key, p);
-            }
-        }
-        while let Some((&key, _)) = self.orphans.first_key_value() {
-            if key.0 > traffic_wm {
-                break;
-            }
-            let Some(p) = self.orphans.remove(&key) else {
-                break;
-            };
-            self.forget_orphan(&p, key);
-            let a = self.attribution_of(&p);
-            self.record_effect(&p, a);
-        }
-    }
-
-    /// A click of `user` on `advertiser` arrived: attributes the effects of that pair
-    /// that were waiting for a late click and that it explains.
-    fn retry_orphans(&mut self, user: u64, advertiser_id: i64) {
-        let Some(keys) = self.orphans_by_user.get(&(user, advertiser_id)) else {
-            return;
-        };
-        for key in keys.clone() {
-            let Some(p) = self.orphans.get(&key) else {
-                continue;
-            };
-            let a = self.attribution_of(p);
-            if a.click.is_none() {
-                continue;
-            }
-            if let Some(p) = self.orphans.remove(&key) {
-                self.forget_orphan(&p, key);
-                self.record_effect(&p, a);
-            }
-        }
-    }
-
-    fn forget_orphan(&mut self, p: &PendingEffect, key: (i64, i64)) {
-        let user = (id_hash(&p.event.user_id), p.event.advertiser_id);
-        if let Some(keys) = self.orphans_by_user.get_mut(&user) {
-            keys.retain(|k| *k != key);
-            if keys.is_empty() {
-                self.orphans_by_user.remove(&user);
-            }
-        }
-    }
-
-    fn attribution_of(&self, p: &PendingEffect) -> Attribution {
-        let e = &p.event;
-        let mut clicks = Vec::new();
-        self.clicks
-            .clicks_into(id_hash(&e.user_id), e.advertiser_id, &mut clicks);
-        attribute(
-            &clicks,
-            e.ts,
-            e.product_id.unwrap_or_default(),
-            p.day,
-            &self.cfg.rules,
-        )
-    }
-
-    /// Counts a waiting effect with its attribution and ends its wait.
-    fn record_effect(&mut self, p: &PendingEffect, a: Attribution) {
-        if self.pending_added.remove(&p.seq).is_none() {
-            self.pending_removed.push(p.seq);
-        }
-        let e = &p.event;
-        let ad_id = a.click.map_or(UNATTRIBUTED_AD, |c| c.ad_id);
-        self.stats.attributed[a.kind.offset()] += 1;
-        let key = AdDay {
-            advertiser_id: e.advertiser_id,
-            ad_id,
-            day: p.day,
-        };
-        self.windows
-            .add(e.ts, key, |c| c.add_effect(e.kind, e.gmv(), a.kind));
-        if self.cfg.detail_rows {
-            let campaign = a.click.map_or(0, |c| c.campaign_id);
-            let row = self.detail_row(e, p.seq, p.day, (campaign, ad_id, p.category_id), Some(a));
-            self.details.push(row);
-        }
-    }
-
-    fn detail_row(
-        &self,
-        e: &Event<'_>,
-        offset: i64,
-        day: DayNum,
-        ids: (i64, i64, i64),
-        a: Option<Attribution>,
-    ) -> DetailRow {
-        let (campaign_id, ad_id, category_id) = ids;
-        DetailRow {
-            event_id: e.event_id.to_string(),
-            kind: e.kind.as_str().to_owned(),
-            ts_ms: e.ts,
-            event_time: u32::try_from(e.ts.div_euclid(1000)).unwrap_or(0),
-            day: u16::try_from(day).unwrap_or(0),
-            user_id: e.user_id.to_string(),
-            advertiser_id: e.advertiser_id,
-            campaign_id,
-            ad_id,
-            product_id: e.product_id.unwrap_or_default(),
-            category_id,
-            cost_micros: e.cost(),
-            gmv_micros: e.gmv(),
-            attribution: a.map_or(String::new(), |a| a.kind.as_str().to_owned()),
-            click_ts_ms: a.and_then(|a| a.click).map_or(0, |c| c.ts),
-            kafka_partition: self.cfg.partition,
-            kafka_offset: offset,
-            version: u64::try_from(self.now_ms).unwrap_or(0),
-        }
+        self.watermarks.advance_idle(topic, floor_ms);
+        self.settle_ready();
     }
 
     /// True when some open window has closed (a flush would write results).
@@ -523,11 +412,11 @@ impl Processor {
         } else {
             self.windows.close_through(self.watermark())
         };
-        let prune_at = self.traffic_watermark();
+        let prune_at = self.watermarks.traffic();
         if prune_at > i64::MIN {
             self.clicks.prune(prune_at);
         }
-        let newest = self.max_ts[0].max(self.max_ts[1]);
+        let newest = self.watermarks.newest_any();
         if newest > i64::MIN {
             self.dedup.expire(newest);
         }
@@ -536,14 +425,12 @@ impl Processor {
             closed,
             next_offsets: self.next_offsets,
             new_clicks: self.clicks.take_added(),
-            pending_added: std::mem::take(&mut self.pending_added)
-                .into_values()
-                .collect(),
-            pending_removed: std::mem::take(&mut self.pending_removed),
+            pending_added: self.waiting.take_added(),
+            pending_removed: self.waiting.take_removed(),
             seen_added: self.dedup.take_added(),
             snapshot: Some(Snapshot {
                 windows: self.windows.clone(),
-                max_ts: self.max_ts,
+                max_ts: self.watermarks.max_ts(),
             }),
         }
     }
@@ -560,7 +447,7 @@ impl Processor {
 
     /// Effects waiting for their click.
     pub fn pending_len(&self) -> usize {
-        self.pending.len() + self.orphans.len()
+        self.waiting.len()
     }
 
     /// Clicks held for attribution.
@@ -583,6 +470,8 @@ impl Processor {
 mod tests {
     use super::*;
     use common::counters::{Counters, Measure};
+    use common::day::DayNum;
+    use common::decode::RejectReason;
     use common::dims::{AdDim, AdvertiserDim, ProductDim, StaticDimensions};
     use common::event::DAY_MS;
 
@@ -866,5 +755,61 @@ mod tests {
             "o2 came and went within one flush"
         );
         assert_eq!(f.pending_removed, vec![0]);
+    }
+
+    #[test]
+    fn a_batch_gives_what_the_same_messages_give_one_by_one() {
+        let d = dims();
+        let mut events = Vec::new();
+        for i in 0..60_i64 {
+            let ts = T0 + i * 700;
+            let e = match i % 6 {
+                0 => ev(
+                    EventKind::Click,
+                    &format!("c{i}"),
+                    ts,
+                    Some(101 + i % 2),
+                    201,
+                ),
+                1 => ev(EventKind::Exposure, &format!("x{i}"), ts, Some(102), 202),
+                2 => ev(EventKind::Order, &format!("o{i}"), ts - 5_000, None, 201),
+                3 => ev(EventKind::Click, &format!("c{}", i - 3), ts, Some(101), 201), // duplicate
+                4 => ev(EventKind::Exposure, &format!("x{i}"), ts, Some(999), 201),    // unknown ad
+                _ => ev(EventKind::Payment, &format!("p{i}"), ts + 20_000, None, 202),
+            };
+            events.push((e.kind.topic(), e));
+        }
+        let mut offsets = [0_i64; 2];
+        let messages: Vec<Message<'_, '_>> = events
+            .iter()
+            .map(|(topic, e)| {
+                let offset = offsets[topic.index()];
+                offsets[topic.index()] += 1;
+                Message {
+                    topic: *topic,
+                    offset,
+                    event: e,
+                }
+            })
+            .collect();
+        let mut single = Processor::new(cfg());
+        let one_by_one: Vec<Outcome> = messages
+            .iter()
+            .map(|m| single.process(m.topic, m.offset, m.event, &d))
+            .collect();
+        let mut batched = Processor::new(cfg());
+        let mut outcomes = Vec::new();
+        for chunk in messages.chunks(7) {
+            batched.process_batch(chunk, &d, &mut outcomes);
+        }
+        assert_eq!(outcomes, one_by_one);
+        assert_eq!(batched.stats(), single.stats());
+        assert_eq!(batched.stats().duplicates, 10);
+        assert_eq!(batched.stats().rejected, 10);
+        assert_eq!(batched.take_details(), single.take_details());
+        assert_eq!(
+            totals(&[batched.take_flush(true)]),
+            totals(&[single.take_flush(true)])
+        );
     }
 }
