@@ -11,8 +11,9 @@
 //! every `flush_every` events, so state stays bounded as in production.
 //!
 //! Before the timed runs, the click index and the dedup set are each built alone from
-//! the same events and measured as the resident memory they add (issue 19's bounds:
-//! 48 bytes per tracked click, 16 per seen event id, table slack included).
+//! the same events, in a child process, and measured as the resident memory they add
+//! (issue 19's bounds: 48 bytes per tracked click, 16 per seen event id, table slack
+//! included).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -57,9 +58,9 @@ pub struct PipelineFigures {
 }
 
 /// The two bounded states, each measured as the resident memory it added while it
-/// was built alone from the benchmark's events (before the throughput runs, so no
-/// memory freed by them is reused), divided by what it holds at the end.
-#[derive(Debug, Clone, Serialize)]
+/// was built alone from the benchmark's events (in a process of its own, so no memory
+/// freed by the throughput runs is reused), divided by what it holds at the end.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StateFigures {
     /// Clicks in the click index at the end (inside the lookback).
     pub clicks_tracked: usize,
@@ -75,29 +76,38 @@ pub struct StateFigures {
     pub table_bytes_per_id: f64,
 }
 
-/// Runs the pipeline benchmark over `files`: `runs` throughput runs, each with a fresh
-/// processor, and the state measurement.
+/// The benchmark's input: the lines of `files`, each with the topic its kind belongs
+/// to (the load mixes both topics in one file; producers route by kind).
 ///
 /// # Errors
 ///
 /// When a file cannot be read.
-pub fn run(
-    files: &[PathBuf],
-    flush_every: usize,
-    runs: usize,
-    cfg: &Config,
-) -> anyhow::Result<PipelineFigures> {
-    // The load mixes both topics in one file; route lines by kind as producers do,
-    // before the clock starts.
-    let mut lines: Vec<(TopicKind, Vec<u8>)> = Vec::new();
+pub fn read_lines(files: &[PathBuf]) -> anyhow::Result<Vec<(TopicKind, Vec<u8>)>> {
+    let mut lines = Vec::new();
     for f in files {
         let text = std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         for l in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             lines.push((topic_of(l), l.to_vec()));
         }
     }
+    Ok(lines)
+}
+
+/// Runs the pipeline benchmark over `files`: the state measured in a child process
+/// ([`state_in_child`]), then `runs` throughput runs here, each with a fresh processor.
+///
+/// # Errors
+///
+/// When a file cannot be read or the child fails.
+pub fn run(
+    files: &[PathBuf],
+    flush_every: usize,
+    runs: usize,
+    cfg: &Config,
+) -> anyhow::Result<PipelineFigures> {
+    let state = state_in_child(files, flush_every)?;
+    let lines = read_lines(files)?;
     let advertisers = advertisers_in(&lines);
-    let (state, _kept) = measure_state(&lines, flush_every, advertisers, cfg);
     let mut seconds = Vec::new();
     let mut last = None;
     for _ in 0..runs.max(1) {
@@ -255,31 +265,45 @@ fn measure_state(
     (figures, (clicks, dedup))
 }
 
-/// glibc's malloc tunables the benchmark runs under: fixed mmap and trim thresholds.
+/// glibc's malloc tunables the state measurement runs under: fixed mmap and trim
+/// thresholds.
 ///
 /// By default glibc raises its mmap threshold each time a large block is freed (up to
 /// 32 MiB) and then keeps freed heap memory resident; a growing table frees ever larger
 /// blocks, so the flush buffers freed next to it stayed resident and read as state
 /// (54 bytes per click and 18 per id here, where the tables themselves take 36 and 12).
-/// With fixed thresholds the resident growth is the state's own.
+/// With fixed thresholds the resident growth is the state's own. The throughput runs
+/// keep glibc's defaults, as production does.
 pub const MALLOC_TUNABLES: &str =
     "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072";
 
-/// Re-runs this process under [`MALLOC_TUNABLES`] unless it already is; returns the
-/// child's exit code (`None`: this is the run to do).
+/// Measures the state in a child process (`bench pipeline --state-only`) started
+/// under [`MALLOC_TUNABLES`], and reads its figures.
 ///
 /// # Errors
 ///
-/// When the executable cannot be started again.
-pub fn rerun_with_fixed_malloc_thresholds() -> anyhow::Result<Option<i32>> {
-    if std::env::var_os("GLIBC_TUNABLES").is_some() {
-        return Ok(None);
-    }
-    let status = std::process::Command::new(std::env::current_exe()?)
-        .args(std::env::args_os().skip(1))
+/// When the child cannot be started, fails, or prints no figures.
+pub fn state_in_child(files: &[PathBuf], flush_every: usize) -> anyhow::Result<StateFigures> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "pipeline", "--state-only", "--flush-every"])
+        .arg(flush_every.to_string())
+        .args(files)
         .env("GLIBC_TUNABLES", MALLOC_TUNABLES)
-        .status()?;
-    Ok(Some(status.code().unwrap_or(1)))
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "state measurement failed: {}", out.status);
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The state measurement alone (what the child of [`state_in_child`] runs).
+///
+/// # Errors
+///
+/// When a file cannot be read.
+pub fn state_only(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Result<StateFigures> {
+    let lines = read_lines(files)?;
+    let advertisers = advertisers_in(&lines);
+    Ok(measure_state(&lines, flush_every, advertisers, cfg).0)
 }
 
 /// The advertiser count of the load in `lines` (its highest id plus one), so the

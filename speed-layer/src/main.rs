@@ -123,6 +123,10 @@ enum BenchCommand {
         /// Timed runs (the figure is their median); the state is measured once.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Only measure the state and print its figures (the benchmark runs this in a
+        /// child process under fixed malloc thresholds).
+        #[arg(long, hide = true)]
+        state_only: bool,
     },
     /// Throughput producer -> Kafka -> speed layer -> Redis next to a bare consumer on
     /// the same topic, and freshness at fixed rates; in a namespace of its own.
@@ -166,11 +170,14 @@ fn main() -> anyhow::Result<()> {
                 files,
                 flush_every,
                 runs,
+                state_only,
             },
     } = &cli.command
     {
-        if let Some(code) = speed_layer::bench::rerun_with_fixed_malloc_thresholds()? {
-            std::process::exit(code);
+        if *state_only {
+            let state = speed_layer::bench::state_only(files, *flush_every, &cfg)?;
+            println!("{}", serde_json::to_string(&state)?);
+            return Ok(());
         }
         // One core: the figure is per core, and the benchmark is single-threaded.
         let figures = speed_layer::bench::run(files, *flush_every, *runs, &cfg)?;
