@@ -291,7 +291,11 @@ pub fn state_in_child(files: &[PathBuf], flush_every: usize) -> anyhow::Result<S
         .env("GLIBC_TUNABLES", MALLOC_TUNABLES)
         .stderr(std::process::Stdio::inherit())
         .output()?;
-    anyhow::ensure!(out.status.success(), "state measurement failed: {}", out.status);
+    anyhow::ensure!(
+        out.status.success(),
+        "state measurement failed: {}",
+        out.status
+    );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -300,7 +304,11 @@ pub fn state_in_child(files: &[PathBuf], flush_every: usize) -> anyhow::Result<S
 /// # Errors
 ///
 /// When a file cannot be read.
-pub fn state_only(files: &[PathBuf], flush_every: usize, cfg: &Config) -> anyhow::Result<StateFigures> {
+pub fn state_only(
+    files: &[PathBuf],
+    flush_every: usize,
+    cfg: &Config,
+) -> anyhow::Result<StateFigures> {
     let lines = read_lines(files)?;
     let advertisers = advertisers_in(&lines);
     Ok(measure_state(&lines, flush_every, advertisers, cfg).0)
