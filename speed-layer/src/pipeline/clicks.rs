@@ -74,6 +74,12 @@ impl Slot for ClickSlot {
 /// Bytes one tracked click takes in its slot (the table's free slots come on top).
 pub const CLICK_SLOT_BYTES: usize = std::mem::size_of::<ClickSlot>();
 
+/// Clicks of one (user, advertiser) pair kept in the table itself; a pair's further
+/// clicks go to a list of its own. Equal keys sit side by side in a linear-probing
+/// table, so without this bound a user with thousands of clicks (a bot, a shared
+/// address) would make every insert and lookup of that pair scan thousands of slots.
+const INLINE_PER_PAIR: usize = 4;
+
 /// The table key of a (user, advertiser) pair; never 0.
 fn pair_key(user: u64, advertiser_id: i64) -> u64 {
     #[allow(clippy::cast_sign_loss)] // bits are mixed, not read as a number
@@ -96,6 +102,8 @@ pub struct ClickIndex {
     per_day: BTreeMap<i64, usize>,
     /// Clicks before this time (a UTC day start) are pruned.
     cutoff: i64,
+    /// The clicks of a pair beyond the first [`INLINE_PER_PAIR`] in the table.
+    overflow: FxHashMap<u64, Vec<ClickSlot>>,
     added: Vec<StoredClick>,
 }
 
@@ -131,17 +139,27 @@ impl ClickIndex {
             advertiser_id: c.advertiser_id,
             day_offset: i8::try_from(day_offset).unwrap_or(0),
         });
-        self.table.insert(
-            ClickSlot {
-                key: pair_key(c.user, c.advertiser_id),
-                ts: c.click.ts,
-                // Low 32 bits: a tie-break only (see the module docs).
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                seq: c.click.seq as u32,
-                target,
-            },
-            false,
-        );
+        let key = pair_key(c.user, c.advertiser_id);
+        let slot = ClickSlot {
+            key,
+            ts: c.click.ts,
+            // Low 32 bits: a tie-break only (see the module docs).
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            seq: c.click.seq as u32,
+            target,
+        };
+        let inline = self.table.probe(key).filter(|s| s.key == key).count();
+        if inline < INLINE_PER_PAIR {
+            self.table.insert(slot, false);
+        } else {
+            let list = self.overflow.entry(key).or_default();
+            if list.len() == list.capacity() {
+                // Grow by half, not double, so a heavy pair's list stays within the
+                // per-click bound.
+                list.reserve_exact(list.len() / 2 + 4);
+            }
+            list.push(slot);
+        }
         *self.per_day.entry(utc_day(c.click.ts)).or_default() += 1;
     }
 
@@ -160,7 +178,8 @@ impl ClickIndex {
     pub fn clicks_into(&self, user: u64, advertiser_id: i64, out: &mut Vec<ClickRef>) {
         out.clear();
         let key = pair_key(user, advertiser_id);
-        for s in self.table.probe(key) {
+        let overflow = self.overflow.get(&key).map_or(&[][..], Vec::as_slice);
+        for s in self.table.probe(key).chain(overflow) {
             if s.key != key || s.ts < self.cutoff {
                 continue;
             }
@@ -197,6 +216,13 @@ impl ClickIndex {
     fn forget_pruned(&mut self) {
         let cutoff = self.cutoff;
         self.table.make_room(|s| s.ts >= cutoff);
+        self.overflow.retain(|_, list| {
+            list.retain(|s| s.ts >= cutoff);
+            if list.len() * 2 < list.capacity() {
+                list.shrink_to_fit();
+            }
+            !list.is_empty()
+        });
         if cutoff > i64::MIN {
             self.per_day = self.per_day.split_off(&utc_day(cutoff));
         }
@@ -223,9 +249,16 @@ impl ClickIndex {
         self.len() == 0
     }
 
-    /// Bytes of the table (free slots included) and the interned targets.
+    /// Bytes of the table (free slots included), the heavy pairs' lists and the
+    /// interned targets.
     pub fn bytes(&self) -> usize {
         self.table.bytes()
+            + self
+                .overflow
+                .values()
+                .map(|l| l.capacity() * CLICK_SLOT_BYTES)
+                .sum::<usize>()
+            + self.overflow.capacity() * (std::mem::size_of::<(u64, Vec<ClickSlot>)>() + 1)
             + self.targets.capacity() * std::mem::size_of::<Target>()
             + self.target_ids.capacity() * (std::mem::size_of::<(Target, u32)>() + 1)
     }
@@ -325,5 +358,28 @@ mod tests {
             idx.bytes(),
             idx.len()
         );
+    }
+
+    #[test]
+    fn a_heavy_user_keeps_every_click_without_long_probes() {
+        let mut idx = ClickIndex::new(14 * DAY_MS);
+        for i in 0..5_000_i64 {
+            let mut c = stored(9, 2 * DAY_MS + i);
+            c.click.seq = i;
+            idx.insert(c);
+        }
+        idx.insert(stored(10, 2 * DAY_MS));
+        let got = clicks(&idx, 9, 1);
+        assert_eq!(got.len(), 5_000);
+        assert_eq!(got.last().map(|c| c.seq), Some(4_999));
+        assert_eq!(clicks(&idx, 10, 1).len(), 1);
+        assert!(
+            idx.table.probe(pair_key(9, 1)).count() < 64,
+            "the pair's slots in the table are bounded"
+        );
+        idx.prune(18 * DAY_MS);
+        assert_eq!(idx.len(), 0);
+        idx.forget_pruned();
+        assert!(idx.overflow.is_empty(), "pruned lists are dropped");
     }
 }
