@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use admetrics_tests::{TestEnv, dataset_path};
+use admetrics_tests::{TestEnv, dataset_path, wait_until};
 use common::kafka::header_str;
 use mysql_async::prelude::Queryable;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -236,4 +236,170 @@ async fn a_fixed_poison_message_is_redriven_from_the_dlq_and_counted_once() {
     // The DLQ still holds the record: re-drive moves a copy, nothing is lost.
     let listed = dlq(&env, &["list", "--summary"]).await;
     assert_eq!(listed[0]["by_reason"]["unknown_ad"], 1, "{listed:?}");
+}
+
+/// Poison of 11 kinds at about 1 % of a full replay of the data set, produced while the
+/// replay runs: every poison message lands in the DLQ with its reason and its bytes,
+/// no valid event is lost or doubled (exact against the independent computation), and
+/// the consumer never restarts. The alert that fires: `AdmetricsDeadLetters`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_at_one_percent_of_a_full_replay_is_all_dead_lettered_and_no_event_is_lost() {
+    const ROWS: usize = 100_000;
+    let mut env = TestEnv::new(2).await;
+    let data = dataset_path();
+    let mut rows = common::dataset::read(&data).unwrap();
+    rows.truncate(ROWS);
+    let now = common::day::now_ms();
+    let shift = common::dataset::shift_days(&rows, now, false);
+    let events = common::dataset::events(&rows, shift);
+    // A real ad, and an advertiser other than its own, from the replayed dimensions.
+    let click = events
+        .iter()
+        .find(|e| e.kind == common::event::EventKind::Click)
+        .unwrap();
+    let ad = click.ad_id.unwrap();
+    let advertiser = click.advertiser_id;
+    let other = events
+        .iter()
+        .map(|e| e.advertiser_id)
+        .find(|a| *a != advertiser)
+        .unwrap();
+    let product = click.product_id.unwrap();
+    let good = |i: usize| {
+        format!(
+            r#"{{"kind":"click","event_id":"poison-{i}","ts":{now},"user_id":"u-poison","ad_id":{ad},"advertiser_id":{advertiser},"product_id":{product},"cost_micros":1000}}"#
+        )
+    };
+    let ts = format!(r#""ts":{now}"#);
+    let kinds: [(&str, &dyn Fn(usize) -> String); 11] = [
+        ("not_json", &|i| format!("not json {i}")),
+        ("missing_field", &|i| good(i).replace(&format!("{ts},"), "")),
+        ("wrong_type", &|i| {
+            good(i).replace(&ts, r#""ts":"yesterday""#)
+        }),
+        ("unknown_kind", &|i| {
+            good(i).replace(r#""click""#, r#""purchase""#)
+        }),
+        ("unsupported_version", &|i| {
+            good(i).replacen('{', r#"{"v":2,"#, 1)
+        }),
+        ("invalid_value", &|i| {
+            good(i).replace(r#""cost_micros":1000"#, r#""cost_micros":-5"#)
+        }),
+        ("wrong_topic", &|i| {
+            good(i).replace(r#""click""#, r#""order""#)
+        }),
+        ("ts_in_future", &|i| {
+            good(i).replace(&ts, &format!(r#""ts":{}"#, now + 10 * 365 * 86_400_000))
+        }),
+        ("ts_too_old", &|i| {
+            good(i).replace(&ts, &format!(r#""ts":{}"#, now - 30 * 86_400_000))
+        }),
+        ("unknown_advertiser", &|i| {
+            good(i).replace(
+                &format!(r#""advertiser_id":{advertiser}"#),
+                r#""advertiser_id":987654321"#,
+            )
+        }),
+        ("dimension_mismatch", &|i| {
+            good(i).replace(
+                &format!(r#""advertiser_id":{advertiser}"#),
+                &format!(r#""advertiser_id":{other}"#),
+            )
+        }),
+    ];
+    let poison: Vec<(&str, String)> = (0..ROWS / 100)
+        .map(|i| {
+            let (reason, make) = kinds[i % kinds.len()];
+            (reason, make(i))
+        })
+        .collect();
+
+    env.spawn("speed", "speed-layer", &["run"]);
+    env.spawn(
+        "replay",
+        "speed-layer",
+        &[
+            "replay",
+            "--data",
+            data.to_str().unwrap(),
+            "--limit",
+            &ROWS.to_string(),
+            "--shift",
+            &shift.to_string(),
+        ],
+    );
+    // Poison naming real ads only once the replay has written the dimensions (a
+    // lookup before would be cached as "absent" and turn valid events away too).
+    wait_until(
+        Duration::from_secs(60),
+        "the replay to have written the dimensions",
+        || {
+            let started = env.log_count("replay", "replaying") > 0;
+            async move { started }
+        },
+    )
+    .await;
+    let producer: FutureProducer = common::kafka::producer_config(&env.cfg.kafka)
+        .create()
+        .unwrap();
+    let topic = env.cfg.kafka.traffic_topic.clone();
+    for (i, (_, payload)) in poison.iter().enumerate() {
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&format!("u-poison-{i}"))
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    env.wait_replay_succeeded(Duration::from_secs(180)).await;
+    env.settle_and_check(&events, &["speed", "replay"]).await;
+    assert!(
+        env.running("speed"),
+        "the consumer never stopped:\n{}",
+        env.log("speed")
+    );
+
+    // The DLQ holds every poison message, with its reason and its bytes, and nothing else.
+    let consumer: StreamConsumer =
+        common::kafka::consumer_config(&env.cfg.kafka, &format!("{}-dlq-reader", env.id))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[&env.cfg.kafka.dlq_topic]).unwrap();
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < poison.len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of {} poison messages in the DLQ",
+                    got.len(),
+                    poison.len()
+                )
+            })
+            .unwrap();
+        let reason = header_str(m.headers().expect("DLQ headers"), "dlq.reason")
+            .unwrap()
+            .to_owned();
+        let payload = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+        assert!(
+            got.insert(payload.clone(), reason).is_none(),
+            "dead-lettered twice: {payload}"
+        );
+    }
+    for (reason, payload) in &poison {
+        assert_eq!(
+            got.get(payload).map(String::as_str),
+            Some(*reason),
+            "{payload}"
+        );
+    }
+    let more = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await;
+    assert!(more.is_err(), "no valid event was dead-lettered");
 }

@@ -104,6 +104,8 @@ pub struct ClickIndex {
     cutoff: i64,
     /// The clicks of a pair beyond the first [`INLINE_PER_PAIR`] in the table.
     overflow: FxHashMap<u64, Vec<ClickSlot>>,
+    /// Clicks in `overflow`.
+    overflow_len: usize,
     added: Vec<StoredClick>,
 }
 
@@ -159,6 +161,7 @@ impl ClickIndex {
                 list.reserve_exact(list.len() / 2 + 4);
             }
             list.push(slot);
+            self.overflow_len += 1;
         }
         *self.per_day.entry(utc_day(c.click.ts)).or_default() += 1;
     }
@@ -207,8 +210,9 @@ impl ClickIndex {
     pub fn prune(&mut self, traffic_watermark: i64) {
         let cutoff = traffic_watermark.saturating_sub(self.retain_ms);
         self.cutoff = self.cutoff.max(utc_day(cutoff) * DAY_MS);
-        let held = self.table.len();
-        if (held - self.len()) * EXPIRED_SHARE >= held.max(1) {
+        // Slots held, pruned or not, in the table and the heavy pairs' lists.
+        let held = self.table.len() + self.overflow_len;
+        if held.saturating_sub(self.len()) * EXPIRED_SHARE >= held.max(1) {
             self.forget_pruned();
         }
     }
@@ -216,13 +220,16 @@ impl ClickIndex {
     fn forget_pruned(&mut self) {
         let cutoff = self.cutoff;
         self.table.make_room(|s| s.ts >= cutoff);
+        let mut overflow_len = 0;
         self.overflow.retain(|_, list| {
             list.retain(|s| s.ts >= cutoff);
+            overflow_len += list.len();
             if list.len() * 2 < list.capacity() {
                 list.shrink_to_fit();
             }
             !list.is_empty()
         });
+        self.overflow_len = overflow_len;
         if cutoff > i64::MIN {
             self.per_day = self.per_day.split_off(&utc_day(cutoff));
         }
@@ -377,9 +384,12 @@ mod tests {
             idx.table.probe(pair_key(9, 1)).count() < 64,
             "the pair's slots in the table are bounded"
         );
+        // Pruning counts the heavy pair's list too, and frees it.
+        idx.prune(2 * DAY_MS + 15 * DAY_MS);
+        assert_eq!(idx.len(), 5_001, "nothing pruned yet");
         idx.prune(18 * DAY_MS);
         assert_eq!(idx.len(), 0);
-        idx.forget_pruned();
         assert!(idx.overflow.is_empty(), "pruned lists are dropped");
+        assert_eq!(idx.overflow_len, 0);
     }
 }

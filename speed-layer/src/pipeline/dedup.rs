@@ -150,7 +150,7 @@ impl Dedup {
             .oldest_kept
             .max(Self::hour_of(newest_ts) - self.horizon_hours);
         let held = self.table.len();
-        if (held - self.len()) * EXPIRED_SHARE >= held.max(1) {
+        if held.saturating_sub(self.len()) * EXPIRED_SHARE >= held.max(1) {
             self.forget_expired();
         }
     }
