@@ -241,7 +241,7 @@ async fn a_fixed_poison_message_is_redriven_from_the_dlq_and_counted_once() {
 /// Poison of 11 kinds at about 1 % of a full replay of the data set, produced while the
 /// replay runs: every poison message lands in the DLQ with its reason and its bytes,
 /// no valid event is lost or doubled (exact against the independent computation), and
-/// the consumer never restarts. The alert that fires: `AdmetricsDeadLetters`.
+/// the consumer never restarts. The alert that fires: `DeadLetterRate`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_at_one_percent_of_a_full_replay_is_all_dead_lettered_and_no_event_is_lost() {
     const ROWS: usize = 100_000;
