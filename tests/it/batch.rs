@@ -69,29 +69,14 @@ async fn run_row(
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn archive_is_exact_and_recompute_equals_an_independent_computation() {
-    let mut env = TestEnv::new(4).await;
-    env.data_ends_days_ago = 1;
-    env.cfg.batch.archive_max_rows = 3_000;
-    env.cfg.batch.archive_max_age = Duration::from_millis(500);
-    let r = env.replay(20_000).await;
-    env.start_archiver();
-    archive_all(&mut env, r.events.len()).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let counts = archive::event_id_counts(&env.state_dir.join("archive"));
-    assert_eq!(counts.len(), r.events.len(), "every event archived");
-    assert!(counts.values().all(|c| *c == 1), "no event archived twice");
-    assert!(
-        r.events
-            .iter()
-            .all(|e| counts.contains_key(e.event_id.as_ref()))
-    );
-
-    let (first, last) = days_of(&r.events);
+/// Recomputes every day of `events` and asserts that `daily_ad_metrics` and the
+/// advertiser UV of `daily_uv` equal the independent computation over `events` (UV
+/// exact), each day final; returns the rows compared.
+async fn recompute_matches_reference(env: &TestEnv, events: &[common::event::Event<'_>]) -> usize {
+    let (first, last) = days_of(events);
     let out = env.recompute(first, last).await;
     assert!(out.contains("0 failed"), "{out}");
-    let expected = reference::compute(&r.events);
+    let expected = reference::compute(events);
     let per_day = reference::per_day(&expected);
     let mut compared = 0;
     for d in first.iter_days().take_while(|d| *d <= last) {
@@ -145,6 +130,30 @@ async fn archive_is_exact_and_recompute_equals_an_independent_computation() {
         }
         assert_eq!(run_row(&env, d).await.map(|r| r.0), Some("final".into()));
     }
+    compared
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_is_exact_and_recompute_equals_an_independent_computation() {
+    let mut env = TestEnv::new(4).await;
+    env.data_ends_days_ago = 1;
+    env.cfg.batch.archive_max_rows = 3_000;
+    env.cfg.batch.archive_max_age = Duration::from_millis(500);
+    let r = env.replay(20_000).await;
+    env.start_archiver();
+    archive_all(&mut env, r.events.len()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = archive::event_id_counts(&env.state_dir.join("archive"));
+    assert_eq!(counts.len(), r.events.len(), "every event archived");
+    assert!(counts.values().all(|c| *c == 1), "no event archived twice");
+    assert!(
+        r.events
+            .iter()
+            .all(|e| counts.contains_key(e.event_id.as_ref()))
+    );
+
+    let (_, last) = days_of(&r.events);
+    let compared = recompute_matches_reference(&env, &r.events).await;
     assert!(compared > 500, "compared {compared} rows");
 
     // Recomputing a day gives identical rows.
@@ -519,4 +528,60 @@ async fn the_archive_works_on_an_s3_compatible_store() {
             .sum();
         assert_eq!(clicks, want, "{d}: clicks recomputed from S3");
     }
+}
+
+/// 5 % of a replay's events sent a second time (same `event_id`, same bytes, same key),
+/// as a producer retrying without idempotence would: each event counts once in Redis
+/// (the speed layer's dedup), in MySQL (the recompute's dedup over the archive, which
+/// keeps both copies as read) and in ClickHouse `FINAL` (the speed layer writes no
+/// detail row for a duplicate; the table's ReplacingMergeTree by `event_id` would fold
+/// one that a re-processing wrote).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_percent_duplicate_event_ids_count_once_on_every_path() {
+    let mut env = TestEnv::new(4).await;
+    env.data_ends_days_ago = 1;
+    env.cfg.batch.archive_max_age = Duration::from_millis(500);
+    let r = env.replay(20_000).await;
+    let producer: rdkafka::producer::FutureProducer =
+        common::kafka::producer_config(&env.cfg.kafka)
+            .create()
+            .unwrap();
+    let duplicates: Vec<&common::event::Event<'_>> = r.events.iter().step_by(20).collect();
+    for e in &duplicates {
+        let topic = env.cfg.kafka.topic(e.kind.topic()).to_owned();
+        let payload = e.to_json();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(e.user_id.as_ref())
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    env.spawn("speed", "speed-layer", &["run"]);
+    env.start_archiver();
+    // Redis: exact, every duplicate dropped.
+    env.settle_and_check(&r.events, &["speed"]).await;
+    // The archive keeps what was read (both copies); the recompute counts each once.
+    archive_all(&mut env, r.events.len() + duplicates.len()).await;
+    let counts = archive::event_id_counts(&env.state_dir.join("archive"));
+    assert_eq!(
+        counts.values().filter(|c| **c == 2).count(),
+        duplicates.len()
+    );
+    let compared = recompute_matches_reference(&env, &r.events).await;
+    assert!(compared > 500, "compared {compared} rows");
+    // ClickHouse: one detail row per event.
+    let rows = env
+        .clickhouse("SELECT count() AS c, uniqExact(event_id) AS u FROM events FINAL")
+        .await;
+    let get = |k: &str| rows[0][k].as_str().and_then(|v| v.parse::<usize>().ok());
+    assert_eq!(get("u"), Some(r.events.len()), "{rows:?}");
+    assert_eq!(
+        get("c"),
+        Some(r.events.len()),
+        "one row per event under FINAL: {rows:?}"
+    );
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use admetrics_tests::clickhouse_shards::{CLUSTER, ClickHouseShards};
-use admetrics_tests::{TestEnv, free_port, reference, wait_until};
+use admetrics_tests::{TestEnv, clickhouse_query as ch_at, free_port, reference, wait_until};
 use common::event::{DAY_MS, Event, EventKind};
 use mysql_async::prelude::Queryable;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -19,22 +19,7 @@ const CHAIN_USERS: i64 = 24;
 
 /// Runs `sql` on this test's ClickHouse database and returns the `data` rows.
 async fn ch(env: &TestEnv, sql: &str) -> Vec<Value> {
-    ch_at(&env.cfg.clickhouse.url, &env.cfg.clickhouse.database, sql).await
-}
-
-/// Runs `sql` on database `db` of the server at `url`.
-async fn ch_at(url: &str, db: &str, sql: &str) -> Vec<Value> {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/?database={db}"))
-        .body(format!("{sql} FORMAT JSON"))
-        .send()
-        .await
-        .expect("ClickHouse answers");
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert!(status.is_success(), "{sql}\n{text}");
-    let v: Value = serde_json::from_str(&text).expect("JSON");
-    v["data"].as_array().cloned().unwrap_or_default()
+    env.clickhouse(sql).await
 }
 
 /// A number from ClickHouse JSON (64-bit integers come quoted).

@@ -894,3 +894,26 @@ pub fn dataset_path() -> PathBuf {
         panic!("the data set {name} is missing; looked at {candidates:?}. Set ADMETRICS_DATASET to its path.")
     })
 }
+
+/// Runs `sql` on database `db` of the ClickHouse server at `url` (HTTP) and returns the
+/// `data` rows of its JSON answer; panics when ClickHouse refuses it.
+pub async fn clickhouse_query(url: &str, db: &str, sql: &str) -> Vec<serde_json::Value> {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/?database={db}"))
+        .body(format!("{sql} FORMAT JSON"))
+        .send()
+        .await
+        .expect("ClickHouse answers");
+    let status = resp.status();
+    let text = resp.text().await.expect("ClickHouse answer body");
+    assert!(status.is_success(), "{sql}\n{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+impl TestEnv {
+    /// Runs `sql` on this test's ClickHouse database ([`clickhouse_query`]).
+    pub async fn clickhouse(&self, sql: &str) -> Vec<serde_json::Value> {
+        clickhouse_query(&self.cfg.clickhouse.url, &self.cfg.clickhouse.database, sql).await
+    }
+}
