@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use admetrics_tests::TestEnv;
+use admetrics_tests::redis_server::RedisServer;
+use admetrics_tests::{TestEnv, wait_until};
 use rand::Rng;
 
 const ROWS: usize = 30_000;
@@ -88,4 +89,42 @@ async fn a_sigkilled_instance_fails_over_to_the_survivor_with_exact_totals() {
     env.wait_replay_done(Duration::from_secs(180)).await;
     env.settle_and_check(&events, &["speed-b", "replay"]).await;
     assert!(!env.running("speed-a"));
+}
+
+/// The product's Redis SIGKILLed mid-replay and restarted from its AOF 3 s later
+/// (`redis-check-aof --fix` first, as the runbook says): the speed layer's flushes fail
+/// and are retried until Redis answers again, nothing is half applied (each flush is one
+/// script with its offsets), and the totals are exact. While Redis is down the
+/// freshness alert (`SpeedLayerNotFresh`) and `ComponentDown` for Redis are what fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sigkilled_mid_replay_and_restarted_from_its_aof_leaves_totals_exact() {
+    let mut env = TestEnv::new(2).await;
+    let mut redis = RedisServer::start(&env.state_dir.join("redis"));
+    env.cfg.redis.url = redis.url.as_str().into();
+    let events = env.spawn_paced_replay(ROWS, SPEED);
+    env.spawn("speed", "speed-layer", &["run"]);
+    wait_until(
+        Duration::from_secs(60),
+        "a first flush into Redis",
+        || async { env.speed_offsets_stored().await > 0 },
+    )
+    .await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let check = redis.restart_from_aof();
+    assert!(
+        env.running("replay"),
+        "Redis died during the replay (check: {check})"
+    );
+    env.wait_replay_succeeded(Duration::from_secs(180)).await;
+    env.settle_and_check(&events, &["speed", "replay"]).await;
+    assert!(
+        env.running("speed"),
+        "the speed layer rode out the outage:\n{}",
+        env.log("speed")
+    );
+    assert!(
+        env.log_count("speed", "flush failed; retrying") > 0,
+        "the outage was seen and retried"
+    );
 }

@@ -11,6 +11,7 @@ pub mod check;
 pub mod clickhouse_shards;
 pub mod kafka_broker;
 pub mod redis_cluster;
+pub mod redis_server;
 pub mod reference;
 pub mod webdriver;
 
