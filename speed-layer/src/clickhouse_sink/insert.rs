@@ -1,0 +1,113 @@
+//! A sealed batch inserted in one RowBinary INSERT with retries; once they are spent the
+//! file moves to the spill directory and the operator is alerted.
+
+use std::path::{Path, PathBuf};
+
+use backon::{ExponentialBuilder, Retryable};
+use common::config::ClickHouseConfig;
+use common::telemetry::{
+    CLICKHOUSE_INSERT_ERRORS, CLICKHOUSE_ROWS_SPILLED, CLICKHOUSE_ROWS_WRITTEN,
+};
+use tokio::sync::mpsc;
+
+use crate::pipeline::detail::DetailRow;
+
+use super::journal::{count_lines, read_rows};
+use super::schema::DETAIL_TABLE;
+
+/// The shard's inserter task: recovered journal files first, then each sealed batch
+/// as it comes, each inserted or spilled.
+pub(super) async fn inserter(
+    client: clickhouse::Client,
+    cfg: ClickHouseConfig,
+    spill_dir: PathBuf,
+    recovered: Vec<PathBuf>,
+    mut sealed: mpsc::Receiver<PathBuf>,
+) {
+    for p in recovered {
+        tracing::info!(file = %p.display(), "inserting journal left by an earlier run");
+        insert_or_spill(&client, &cfg, &spill_dir, &p).await;
+    }
+    while let Some(p) = sealed.recv().await {
+        insert_or_spill(&client, &cfg, &spill_dir, &p).await;
+    }
+}
+
+/// Inserts one sealed file and deletes it; once the retries are spent, moves it to
+/// `spill_dir` and alerts (`alert="clickhouse_spill"`).
+pub(super) async fn insert_or_spill(
+    client: &clickhouse::Client,
+    cfg: &ClickHouseConfig,
+    spill_dir: &Path,
+    file: &Path,
+) {
+    match insert_file(client, cfg, file).await {
+        Ok(n) => {
+            metrics::counter!(CLICKHOUSE_ROWS_WRITTEN).increment(n as u64);
+            if let Err(e) = tokio::fs::remove_file(file).await {
+                tracing::warn!(file = %file.display(), error = %e, "inserted batch could not be deleted; it may be inserted again (deduplicated by FINAL)");
+            }
+        }
+        Err(e) => {
+            let name = file
+                .file_name()
+                .map(std::ffi::OsStr::to_os_string)
+                .unwrap_or_default();
+            let target = spill_dir.join(name);
+            let rows = count_lines(file).await.unwrap_or(0);
+            match tokio::fs::rename(file, &target).await {
+                Ok(()) => {
+                    metrics::counter!(CLICKHOUSE_ROWS_SPILLED).increment(rows as u64);
+                    tracing::error!(alert = "clickhouse_spill", file = %target.display(), rows, error = %e,
+                        "ClickHouse insert retries spent; batch spilled to disk. Run `speed-layer replay-spill` once ClickHouse is back");
+                }
+                Err(mv) => {
+                    tracing::error!(alert = "clickhouse_spill", file = %file.display(), error = %e, move_error = %mv,
+                    "ClickHouse insert retries spent and the batch could not be moved to the spill directory; it stays in the journal")
+                }
+            }
+        }
+    }
+}
+
+/// Inserts one file's rows in one INSERT, retrying with exponential backoff up to
+/// `cfg.max_attempts` attempts. Returns the row count.
+///
+/// # Errors
+///
+/// The last error once attempts are spent (or the file is unreadable).
+pub async fn insert_file(
+    client: &clickhouse::Client,
+    cfg: &ClickHouseConfig,
+    file: &Path,
+) -> Result<usize, String> {
+    let rows = read_rows(file).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let attempt = || async {
+        let mut ins = client.insert::<DetailRow>(DETAIL_TABLE).await?;
+        for r in &rows {
+            ins.write(r).await?;
+        }
+        ins.end().await
+    };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(cfg.retry_min_delay)
+                .with_max_delay(cfg.retry_max_delay)
+                .with_max_times(cfg.max_attempts.saturating_sub(1))
+                .with_jitter(),
+        )
+        .notify(|e, d| {
+            metrics::counter!(CLICKHOUSE_INSERT_ERRORS).increment(1);
+            tracing::warn!(error = %e, retry_in = ?d, file = %file.display(), "ClickHouse insert failed; retrying");
+        })
+        .await
+        .map_err(|e| {
+            metrics::counter!(CLICKHOUSE_INSERT_ERRORS).increment(1);
+            e.to_string()
+        })?;
+    Ok(rows.len())
+}
