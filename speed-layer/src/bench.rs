@@ -18,16 +18,15 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::attribution::ClickRef;
 use common::config::Config;
-use common::day::local_day;
 use common::decode::{Limits, decode};
-use common::dims::{Dimensions, StaticDimensions};
-use common::event::{EventKind, TopicKind, id_hash};
+use common::dims::StaticDimensions;
+use common::event::{EventKind, TopicKind};
 use serde::Serialize;
 
 use crate::pipeline::clicks::{ClickIndex, StoredClick};
 use crate::pipeline::dedup::Dedup;
+use crate::pipeline::enrich::{Enriched, enrich};
 use crate::pipeline::processor::{Message, Processor, ProcessorConfig};
 
 /// Figures of a benchmark: the throughput runs, then the state measured alone.
@@ -107,7 +106,7 @@ pub fn run(
 ) -> anyhow::Result<PipelineFigures> {
     let state = state_in_child(files, flush_every)?;
     let lines = read_lines(files)?;
-    let advertisers = advertisers_in(&lines);
+    let advertisers = advertisers_in(&lines, cfg);
     let mut seconds = Vec::new();
     let mut last = None;
     for _ in 0..runs.max(1) {
@@ -192,6 +191,33 @@ fn throughput_run(
     (started.elapsed().as_secs_f64(), proc, invalid)
 }
 
+/// Calls `f` with each event of `lines` as the stages after the join see it (decoded,
+/// validated, enriched), with its index in the input.
+fn for_each_enriched(
+    lines: &[(TopicKind, Vec<u8>)],
+    dims: &StaticDimensions,
+    limits: &Limits,
+    mut f: impl FnMut(usize, &Enriched<'_, '_>),
+) {
+    let now = common::day::now_ms();
+    let mut offsets = [0_i64; 2];
+    for (i, (topic, line)) in lines.iter().enumerate() {
+        let offset = offsets[topic.index()];
+        offsets[topic.index()] += 1;
+        let Ok(event) = decode(line, *topic, now, limits) else {
+            continue;
+        };
+        let msg = Message {
+            topic: *topic,
+            offset,
+            event: &event,
+        };
+        if let Ok(x) = enrich(msg, dims) {
+            f(i, &x);
+        }
+    }
+}
+
 /// Builds the click index and the dedup set alone from the events, as the processor
 /// feeds them (pruned and expired at every flush), and measures what each added to
 /// the resident memory. Returns the figures and the two states, which the caller keeps
@@ -204,49 +230,28 @@ fn measure_state(
 ) -> (StateFigures, (ClickIndex, Dedup)) {
     let (_, dims, limits) = load_processor(cfg, false, advertisers);
     let pcfg = ProcessorConfig::from_config(0, cfg);
-    let now = common::day::now_ms();
-    let events = || {
-        lines
-            .iter()
-            .filter_map(move |(t, l)| decode(l, *t, now, &limits).ok())
-    };
     let before = rss_kib();
     let mut dedup = Dedup::new(pcfg.dedup_horizon_ms);
-    for (i, e) in events().enumerate() {
-        dedup.insert(id_hash(&e.event_id), e.ts);
+    for_each_enriched(lines, &dims, &limits, |i, x| {
+        let ts = x.msg.event.ts;
+        dedup.insert(x.id, ts);
         if (i + 1) % flush_every == 0 {
-            dedup.expire(e.ts);
+            dedup.expire(ts);
             drop(dedup.take_added());
         }
-    }
+    });
     let dedup_rss = rss_kib().saturating_sub(before);
     let before = rss_kib();
     let mut clicks = ClickIndex::new(pcfg.rules.lookback_ms);
-    for (i, e) in events().enumerate() {
-        if let (EventKind::Click, Some(ad), Some(adv)) = (
-            e.kind,
-            e.ad_id.and_then(|a| dims.ad(a)),
-            dims.advertiser(e.advertiser_id),
-        ) {
-            clicks.insert(StoredClick {
-                user: id_hash(&e.user_id),
-                advertiser_id: ad.advertiser_id,
-                click: ClickRef {
-                    ts: e.ts,
-                    #[allow(clippy::cast_possible_wrap)]
-                    seq: i as i64,
-                    ad_id: ad.ad_id,
-                    campaign_id: ad.campaign_id,
-                    product_id: e.product_id.unwrap_or_default(),
-                    day: local_day(e.ts, adv.tz),
-                },
-            });
+    for_each_enriched(lines, &dims, &limits, |i, x| {
+        if let Some(c) = StoredClick::of_click(x) {
+            clicks.insert(c);
         }
         if (i + 1) % flush_every == 0 {
-            clicks.prune(e.ts - pcfg.out_of_orderness_ms);
+            clicks.prune(x.msg.event.ts - pcfg.out_of_orderness_ms);
             drop(clicks.take_added());
         }
-    }
+    });
     let clicks_rss = rss_kib().saturating_sub(before);
     let per = |bytes: f64, n: usize| {
         #[allow(clippy::cast_precision_loss)]
@@ -310,18 +315,14 @@ pub fn state_only(
     cfg: &Config,
 ) -> anyhow::Result<StateFigures> {
     let lines = read_lines(files)?;
-    let advertisers = advertisers_in(&lines);
+    let advertisers = advertisers_in(&lines, cfg);
     Ok(measure_state(&lines, flush_every, advertisers, cfg).0)
 }
 
 /// The advertiser count of the load in `lines` (its highest id plus one), so the
 /// dimensions hold what the speed layer's cache would hold after warm-up, no more.
-fn advertisers_in(lines: &[(TopicKind, Vec<u8>)]) -> i64 {
-    let limits = Limits {
-        max_age_ms: i64::MAX,
-        max_future_ms: i64::MAX / 2,
-        ..Limits::default()
-    };
+fn advertisers_in(lines: &[(TopicKind, Vec<u8>)], cfg: &Config) -> i64 {
+    let limits = historical_limits(cfg);
     lines
         .iter()
         .filter_map(|(t, l)| decode(l, *t, 0, &limits).ok())
@@ -341,12 +342,17 @@ pub(crate) fn load_processor(
     let mut pcfg = ProcessorConfig::from_config(0, cfg);
     pcfg.detail_rows = detail_rows;
     let dims = StaticDimensions::standard_load(advertisers);
-    let limits = Limits {
+    (Processor::new(pcfg), dims, historical_limits(cfg))
+}
+
+/// The configured validation limits, but accepting the load's historical event times
+/// (as a replay would).
+fn historical_limits(cfg: &Config) -> Limits {
+    Limits {
         max_age_ms: i64::MAX,
         max_future_ms: i64::MAX / 2,
         ..cfg.validation.limits()
-    };
-    (Processor::new(pcfg), dims, limits)
+    }
 }
 
 /// The topic an event of the load goes to (by its `kind`).

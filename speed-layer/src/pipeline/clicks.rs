@@ -28,10 +28,11 @@ use std::collections::BTreeMap;
 
 use common::attribution::ClickRef;
 use common::day::DayNum;
-use common::event::DAY_MS;
+use common::event::{DAY_MS, EventKind};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::enrich::Enriched;
 use super::probe_table::{EXPIRED_SHARE, ProbeTable, Slot};
 
 /// A click with its owner, as persisted.
@@ -43,6 +44,27 @@ pub struct StoredClick {
     pub advertiser_id: i64,
     /// The click.
     pub click: ClickRef,
+}
+
+impl StoredClick {
+    /// The click an enriched event is, with its ad's campaign and its own product;
+    /// `None` unless the event is a click.
+    pub fn of_click(x: &Enriched<'_, '_>) -> Option<StoredClick> {
+        let e = x.msg.event;
+        let ad = x.ad.filter(|_| e.kind == EventKind::Click)?;
+        Some(StoredClick {
+            user: x.user,
+            advertiser_id: ad.advertiser_id,
+            click: ClickRef {
+                ts: e.ts,
+                seq: x.msg.offset,
+                ad_id: ad.ad_id,
+                campaign_id: ad.campaign_id,
+                product_id: e.product_id.unwrap_or_default(),
+                day: x.day,
+            },
+        })
+    }
 }
 
 /// What a click credits, interned.
@@ -150,10 +172,7 @@ impl ClickIndex {
             seq: c.click.seq as u32,
             target,
         };
-        let inline = self.table.probe(key).filter(|s| s.key == key).count();
-        if inline < INLINE_PER_PAIR {
-            self.table.insert(slot, false);
-        } else {
+        if !self.table.insert(slot, INLINE_PER_PAIR) {
             let list = self.overflow.entry(key).or_default();
             if list.len() == list.capacity() {
                 // Grow by half, not double, so a heavy pair's list stays within the

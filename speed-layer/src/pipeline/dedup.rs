@@ -125,7 +125,7 @@ impl Dedup {
             self.forget_expired();
         }
         let tag = tag_of(hour);
-        let fresh = self.table.insert(SeenId(key_of(id) | tag), true);
+        let fresh = self.table.insert(SeenId(key_of(id) | tag), 1);
         if fresh {
             #[allow(clippy::cast_possible_truncation)] // 8 bits
             let t = tag as usize;

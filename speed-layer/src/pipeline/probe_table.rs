@@ -27,6 +27,9 @@ pub trait Slot: Copy + Default {
 /// ones.
 pub const EXPIRED_SHARE: usize = 6;
 
+/// [`ProbeTable::insert`] without a bound on the slots of one key.
+pub const UNBOUNDED: usize = usize::MAX;
+
 /// Fullest a table gets before room is made, percent of its slots.
 pub const MAX_LOAD_PERCENT: usize = 80;
 /// How full a table may be after room was made, percent: above it, it grows.
@@ -68,14 +71,16 @@ impl<T: Slot> ProbeTable<T> {
         (self.len + 1) * 100 > self.slots.len() * MAX_LOAD_PERCENT
     }
 
-    /// Puts `slot` in the first free slot of its probe; with `unique`, refuses it
-    /// (false) when a slot with the same key is found first. The caller has made room
-    /// ([`ProbeTable::is_full`] false).
-    pub fn insert(&mut self, slot: T, unique: bool) -> bool {
+    /// Puts `slot` in the first free slot of its probe, unless `max_with_key` slots
+    /// with its key are found on the way: then refuses it (false). 1 makes the table a
+    /// set (a second copy of a key is refused), [`UNBOUNDED`] a multi-map. The caller
+    /// has made room ([`ProbeTable::is_full`] false).
+    pub fn insert(&mut self, slot: T, max_with_key: usize) -> bool {
         debug_assert!(!self.is_full() && slot.key() != 0);
         let n = self.slots.len();
         let key = slot.key();
         let mut i = self.home(key);
+        let mut with_key = 0;
         loop {
             let here = self.slots[i].key();
             if here == 0 {
@@ -83,8 +88,11 @@ impl<T: Slot> ProbeTable<T> {
                 self.len += 1;
                 return true;
             }
-            if unique && here == key {
-                return false;
+            if here == key {
+                with_key += 1;
+                if with_key >= max_with_key {
+                    return false;
+                }
             }
             i += 1;
             if i == n {
@@ -110,7 +118,7 @@ impl<T: Slot> ProbeTable<T> {
             self.len = 0;
             for s in old {
                 if s.key() != 0 {
-                    self.insert(s, false);
+                    self.insert(s, UNBOUNDED);
                 }
             }
         }
@@ -148,7 +156,7 @@ impl<T: Slot> ProbeTable<T> {
                 // A slot freed in this pass lies on its probe: move it back.
                 self.slots[i] = T::default();
                 self.len -= 1;
-                self.insert(s, false);
+                self.insert(s, UNBOUNDED);
                 last_free = k;
             }
         }
@@ -192,7 +200,7 @@ mod tests {
         if t.is_full() {
             t.make_room(|_| true);
         }
-        t.insert(Id(key, tag), unique)
+        t.insert(Id(key, tag), if unique { 1 } else { UNBOUNDED })
     }
 
     #[test]

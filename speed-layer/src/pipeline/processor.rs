@@ -23,7 +23,7 @@ use common::attribution::{Attribution, Rules, attribute};
 use common::counters::UNATTRIBUTED_AD;
 use common::decode::Rejection;
 use common::dims::{AdDim, Dimensions};
-use common::event::{Event, EventKind, TopicKind, id_hash};
+use common::event::{Event, TopicKind, id_hash};
 use common::redis_keys::UvScope;
 
 pub use super::checkpoint::{Checkpoint, Snapshot};
@@ -304,19 +304,8 @@ impl Processor {
                 user: x.user,
             });
         }
-        if e.kind == EventKind::Click {
-            self.clicks.insert(StoredClick {
-                user: x.user,
-                advertiser_id: ad.advertiser_id,
-                click: common::attribution::ClickRef {
-                    ts: e.ts,
-                    seq: x.msg.offset,
-                    ad_id: ad.ad_id,
-                    campaign_id: ad.campaign_id,
-                    product_id: e.product_id.unwrap_or_default(),
-                    day: x.day,
-                },
-            });
+        if let Some(click) = StoredClick::of_click(x) {
+            self.clicks.insert(click);
             let (clicks, rules) = (&self.clicks, &self.cfg.rules);
             self.waiting.click_arrived(
                 x.user,
@@ -474,6 +463,7 @@ mod tests {
     use common::decode::RejectReason;
     use common::dims::{AdDim, AdvertiserDim, ProductDim, StaticDimensions};
     use common::event::DAY_MS;
+    use common::event::EventKind;
 
     const T0: i64 = 20_000 * DAY_MS;
 
