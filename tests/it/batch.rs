@@ -80,7 +80,7 @@ async fn recompute_matches_reference(env: &TestEnv, events: &[common::event::Eve
     let per_day = reference::per_day(&expected);
     let mut compared = 0;
     for d in first.iter_days().take_while(|d| *d <= last) {
-        let rows = db_rows(&env, d).await;
+        let rows = db_rows(env, d).await;
         let dn = i64::from(common::day::day_num(d));
         let want: BTreeMap<(i64, i64), &reference::Expected> = expected
             .iter()
@@ -128,7 +128,7 @@ async fn recompute_matches_reference(env: &TestEnv, events: &[common::event::Eve
                 "{d} advertiser {adv} uv"
             );
         }
-        assert_eq!(run_row(&env, d).await.map(|r| r.0), Some("final".into()));
+        assert_eq!(run_row(env, d).await.map(|r| r.0), Some("final".into()));
     }
     compared
 }
@@ -546,20 +546,12 @@ async fn five_percent_duplicate_event_ids_count_once_on_every_path() {
         common::kafka::producer_config(&env.cfg.kafka)
             .create()
             .unwrap();
-    let duplicates: Vec<&common::event::Event<'_>> = r.events.iter().step_by(20).collect();
-    for e in &duplicates {
-        let topic = env.cfg.kafka.topic(e.kind.topic()).to_owned();
-        let payload = e.to_json();
-        producer
-            .send(
-                rdkafka::producer::FutureRecord::to(&topic)
-                    .key(e.user_id.as_ref())
-                    .payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    let duplicates: Vec<common::event::Event<'static>> =
+        r.events.iter().step_by(20).cloned().collect();
+    // Sent as the replay sends events: keyed by user, to the topic of their kind.
+    speed_layer::replay::produce(&env.cfg, &producer, &duplicates, 0.0, false, |_| {})
+        .await
+        .expect("duplicates produced");
     env.spawn("speed", "speed-layer", &["run"]);
     env.start_archiver();
     // Redis: exact, every duplicate dropped.

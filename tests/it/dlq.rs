@@ -84,11 +84,7 @@ async fn poison_messages_land_in_the_dlq_with_their_reason_and_processing_contin
     );
 
     // Every poison message is in the DLQ, byte for byte, with its reason.
-    let consumer: StreamConsumer =
-        common::kafka::consumer_config(&env.cfg.kafka, &format!("{}-dlq-reader", env.id))
-            .create()
-            .unwrap();
-    consumer.subscribe(&[&env.cfg.kafka.dlq_topic]).unwrap();
+    let consumer = dlq_reader(&env);
     let mut got = Vec::new();
     while got.len() < poison.len() {
         let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
@@ -130,6 +126,16 @@ async fn poison_messages_land_in_the_dlq_with_their_reason_and_processing_contin
         replayed + 2,
         "good clicks after the poison are counted"
     );
+}
+
+/// A consumer of this test's dead-letter topic, from its start.
+fn dlq_reader(env: &TestEnv) -> StreamConsumer {
+    let consumer: StreamConsumer =
+        common::kafka::consumer_config(&env.cfg.kafka, &format!("{}-dlq-reader", env.id))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[&env.cfg.kafka.dlq_topic]).unwrap();
+    consumer
 }
 
 /// Clicks of `ad` (advertiser 12) today in Redis (one partition).
@@ -367,11 +373,7 @@ async fn poison_at_one_percent_of_a_full_replay_is_all_dead_lettered_and_no_even
     );
 
     // The DLQ holds every poison message, with its reason and its bytes, and nothing else.
-    let consumer: StreamConsumer =
-        common::kafka::consumer_config(&env.cfg.kafka, &format!("{}-dlq-reader", env.id))
-            .create()
-            .unwrap();
-    consumer.subscribe(&[&env.cfg.kafka.dlq_topic]).unwrap();
+    let consumer = dlq_reader(&env);
     let mut got = std::collections::BTreeMap::new();
     while got.len() < poison.len() {
         let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running cluster.
 pub struct RedisCluster {
@@ -33,32 +33,21 @@ impl RedisCluster {
             // One directory per node: their AOF files have the same names.
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                    "--cluster-node-timeout",
-                    "5000",
-                    "--appendonly",
-                    "yes",
-                    "--save",
-                    "",
-                    "--dir",
-                    node_dir.to_str().expect("utf-8 dir"),
-                    "--logfile",
-                    &format!("redis-{port}.log"),
-                ])
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("redis-server cannot start ({e}): install Debian's redis-server")
-                });
+            let child =
+                crate::redis_server::server_command(*port, &node_dir, &format!("redis-{port}.log"))
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &format!("nodes-{port}.conf"),
+                        "--cluster-node-timeout",
+                        "5000",
+                    ])
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!("redis-server cannot start ({e}): install Debian's redis-server")
+                    });
             servers.push(child);
         }
         let cluster = RedisCluster {
@@ -97,21 +86,10 @@ impl RedisCluster {
 
     /// Polls `redis-cli -p port <command>` until its output contains `want`.
     fn wait(&self, timeout: Duration, command: &str, port: u16, want: &str) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = Command::new("redis-cli")
-                .args(["-p", &port.to_string()])
-                .args(command.split(' '))
-                .output();
-            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(want)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis on port {port} did not answer {want} to {command}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        assert!(
+            crate::redis_server::answers(port, command, want, timeout),
+            "redis on port {port} did not answer {want} to {command}"
+        );
     }
 
     /// The seed nodes as the `ADMETRICS__REDIS__CLUSTER_NODES` value.

@@ -32,46 +32,20 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--dir",
-                self.dir.to_str().expect("utf-8 dir"),
-                "--logfile",
-                "redis.log",
-            ])
+        let child = server_command(self.port, &self.dir, "redis.log")
+            .args(["--appendfsync", "everysec"])
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("redis-server cannot start ({e}): install Debian's redis-server")
             });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pong = Command::new("redis-cli")
-                .args(["-p", &self.port.to_string(), "PING"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG");
-            if pong {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis on port {} did not answer:\n{}",
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            answers(self.port, "PING", "PONG", Duration::from_secs(10)),
+            "redis on port {} did not answer:\n{}",
+            self.port,
+            self.log()
+        );
     }
 
     /// SIGKILLs the server (no shutdown, no final AOF rewrite).
@@ -116,5 +90,45 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `redis-server` on `port` of 127.0.0.1 with AOF on and no RDB snapshots, its data and
+/// its log (`logfile`) under `dir`: what every test Redis shares.
+pub(crate) fn server_command(port: u16, dir: &Path, logfile: &str) -> Command {
+    let mut c = Command::new("redis-server");
+    c.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--dir",
+        dir.to_str().expect("utf-8 dir"),
+        "--logfile",
+        logfile,
+    ]);
+    c
+}
+
+/// Polls `redis-cli -p port <command>` until its output contains `want`; false when
+/// `timeout` passes first.
+pub(crate) fn answers(port: u16, command: &str, want: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(command.split(' '))
+            .output();
+        if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(want)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
