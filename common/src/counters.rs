@@ -153,23 +153,19 @@ impl Counters {
 
     /// Adds one traffic event (exposure or click with its cost).
     pub fn add_traffic(&mut self, e: &Event<'_>) {
-        match e.kind {
-            EventKind::Exposure => self[Measure::Exposures] += 1,
-            EventKind::Click => {
-                self[Measure::Clicks] += 1;
-                self[Measure::CostMicros] += e.cost();
-            }
-            _ => {}
-        }
+        self.add(Increment::traffic(e));
     }
 
     /// Adds one effect under its attribution (count, and GMV for payments).
     pub fn add_effect(&mut self, kind: EventKind, gmv_micros: i64, attribution: AttributionKind) {
-        if let Some(m) = Measure::effect_count(kind, attribution) {
-            self[m] += 1;
-        }
-        if kind == EventKind::Payment {
-            self[Measure::gmv(attribution)] += gmv_micros;
+        self.add(Increment::effect(kind, gmv_micros, attribution));
+    }
+
+    /// Adds what one event contributes.
+    #[inline]
+    pub fn add(&mut self, inc: Increment) {
+        for (m, v) in inc.0 {
+            self[m] += v;
         }
     }
 
@@ -184,6 +180,42 @@ impl Counters {
     /// All effects of one kind of attribution for a family, e.g. orders direct+indirect.
     pub fn attributed(&self, direct: Measure) -> i64 {
         self[direct] + self.0[direct as usize + 1]
+    }
+}
+
+/// What one event adds to its counters: at most two measures (a click adds a click
+/// and its cost; a payment its count and its GMV). An unused pair adds 0, which
+/// changes nothing. A plain value, so the speed layer can record an event's
+/// contribution first and add it to its window and its day later, in one tight loop
+/// per map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Increment([(Measure, i64); 2]);
+
+impl Increment {
+    /// `value` of the single measure `m`.
+    pub fn one(m: Measure, value: i64) -> Increment {
+        Increment([(m, value), (m, 0)])
+    }
+
+    /// One exposure, or one click with its cost (micros); nothing for an effect.
+    pub fn traffic(e: &Event<'_>) -> Increment {
+        match e.kind {
+            EventKind::Exposure => Increment([(Measure::Exposures, 1), (Measure::Clicks, 0)]),
+            EventKind::Click => Increment([(Measure::Clicks, 1), (Measure::CostMicros, e.cost())]),
+            _ => Increment([(Measure::Exposures, 0), (Measure::Clicks, 0)]),
+        }
+    }
+
+    /// One effect of `kind` under `attribution`, and `gmv_micros` for a payment.
+    pub fn effect(kind: EventKind, gmv_micros: i64, attribution: AttributionKind) -> Increment {
+        let count =
+            Measure::effect_count(kind, attribution).map_or((Measure::Exposures, 0), |m| (m, 1));
+        let gmv = if kind == EventKind::Payment {
+            (Measure::gmv(attribution), gmv_micros)
+        } else {
+            (Measure::Exposures, 0)
+        };
+        Increment([count, gmv])
     }
 }
 

@@ -107,6 +107,12 @@ impl Dedup {
         true
     }
 
+    /// Brings the table slots of `ids` (id hashes) into the cache before a batch of
+    /// [`Dedup::insert`]s (see [`ProbeTable::warm`]); changes nothing.
+    pub fn warm(&self, ids: impl Iterator<Item = u64>) {
+        std::hint::black_box(self.table.warm(ids.map(key_of)));
+    }
+
     /// The hour an id of `ts` is remembered as: an event older than the horizon as of
     /// its first hour, one far in the future as of the last hour the tags tell apart.
     fn hour_kept(&self, ts: i64) -> i64 {

@@ -4,14 +4,16 @@
 //! raw message ─ decode, validate (common::decode) ─> Event
 //!   ─ dimension join (enrich) ───────────────> Enriched        or Rejected
 //!   ─ dedup by event_id (dedup) ─────────────> deduplicated    or Duplicate
-//!   ─ attribution (clicks, effect_wait) ─────> counted traffic / settled effects
+//!   ─ attribution (clicks, effect_wait) ─────> WindowDelta per counted event
 //!   ─ window aggregation (windows) ───────────> day deltas, closed windows
 //!   ─ take_flush ────────────────────────────> Flush (one atomic Redis script)
 //! ```
 //!
 //! [`Processor::process_batch`] runs a batch through each stage in turn, in message
-//! order, so a stage's state is touched by one loop at a time (the dedup set's cache
-//! misses overlap instead of stalling every event). The result equals processing the
+//! order, so a stage's state is touched by one loop at a time (the dedup set's and
+//! the window maps' cache misses overlap instead of stalling every event: the dedup
+//! slots of the batch are read ahead, and the batch's window deltas are added at its
+//! end, one loop per map). The result equals processing the
 //! messages one by one: the join reads only the dimensions, the dedup set changes only
 //! by its own inserts, and attribution and windows see the survivors in order.
 //! The Kafka/Redis shell (`crate::partition`) feeds it decoded batches and persists
@@ -20,7 +22,7 @@
 //! detail rows in [`super::detail`], the restart state in [`super::checkpoint`].
 
 use common::attribution::{Attribution, Rules, attribute};
-use common::counters::UNATTRIBUTED_AD;
+use common::counters::{Increment, UNATTRIBUTED_AD};
 use common::decode::Rejection;
 use common::dims::{AdDim, Dimensions};
 use common::event::{Event, TopicKind, id_hash};
@@ -35,7 +37,7 @@ use super::effect_wait::{EffectWait, Settled};
 pub use super::enrich::Message;
 use super::enrich::{Enriched, enrich};
 use super::watermark::Watermarks;
-use super::windows::{AdDay, DayDeltas, UvEntry, Window, Windows};
+use super::windows::{AdDay, DayDeltas, UvEntry, Window, WindowDelta, Windows};
 
 /// Parameters of a processor (from `[speed]` and `[attribution]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +134,9 @@ pub struct Processor {
     details: Vec<DetailRow>,
     /// Effects settled by the current step, recorded right after (a reused buffer).
     settled: Vec<Settled>,
+    /// What the current batch adds to windows and days, applied at its end (a
+    /// reused buffer; empty between calls).
+    deltas: Vec<WindowDelta>,
     stats: Stats,
     now_ms: i64,
 }
@@ -162,6 +167,7 @@ impl Processor {
             next_offsets: [None; 2],
             details: Vec::new(),
             settled: Vec::new(),
+            deltas: Vec::new(),
             stats: Stats::default(),
             now_ms: 0,
             cfg,
@@ -237,6 +243,11 @@ impl Processor {
     ) {
         let enriched: Vec<Result<Enriched<'_, '_>, Rejection>> =
             batch.iter().map(|m| enrich(*m, dims)).collect();
+        self.dedup.warm(
+            enriched
+                .iter()
+                .filter_map(|r| r.as_ref().ok().map(|x| x.id)),
+        );
         let fresh: Vec<bool> = enriched
             .iter()
             .map(|r| {
@@ -260,6 +271,7 @@ impl Processor {
                 }
             });
         }
+        self.windows.apply(&mut self.deltas);
     }
 
     /// Stages 4 and 5 for one new event: attribution state and window aggregation.
@@ -292,7 +304,11 @@ impl Processor {
             ad_id: ad.ad_id,
             day: x.day,
         };
-        self.windows.add(e.ts, key, |c| c.add_traffic(e));
+        self.deltas.push(WindowDelta {
+            ts: e.ts,
+            key,
+            inc: Increment::traffic(e),
+        });
         for scope in [
             UvScope::Ad(ad.ad_id),
             UvScope::Campaign(ad.campaign_id),
@@ -352,8 +368,11 @@ impl Processor {
                 ad_id,
                 day: p.day,
             };
-            self.windows
-                .add(e.ts, key, |c| c.add_effect(e.kind, e.gmv(), a.kind));
+            self.deltas.push(WindowDelta {
+                ts: e.ts,
+                key,
+                inc: Increment::effect(e.kind, e.gmv(), a.kind),
+            });
             if self.cfg.detail_rows {
                 let at = Placement {
                     partition: self.cfg.partition,
@@ -386,6 +405,7 @@ impl Processor {
     pub fn advance_idle(&mut self, topic: TopicKind, floor_ms: i64) {
         self.watermarks.advance_idle(topic, floor_ms);
         self.settle_ready();
+        self.windows.apply(&mut self.deltas);
     }
 
     /// True when some open window has closed (a flush would write results).
@@ -396,6 +416,7 @@ impl Processor {
     /// Closes windows up to the watermark (all of them when `close_all`, for a graceful
     /// shutdown) and returns everything to persist since the last flush.
     pub fn take_flush(&mut self, close_all: bool) -> Flush {
+        debug_assert!(self.deltas.is_empty(), "every step applies its deltas");
         let closed = if close_all {
             self.windows.close_all()
         } else {
