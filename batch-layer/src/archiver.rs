@@ -154,7 +154,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let changes = Arc::new(Mutex::new(Vec::new()));
     let consumer: StreamConsumer<ArchiverContext> =
-        common::kafka::consumer_config(&cfg.kafka, &cfg.batch.group_id)
+        platform::kafka::consumer_config(&cfg.kafka, &cfg.batch.group_id)
             .create_with_context(ArchiverContext {
                 changes: Arc::clone(&changes),
             })

@@ -190,13 +190,13 @@ pub async fn archive_completeness(
 pub async fn end_offsets(cfg: &Config, shard: Shard) -> anyhow::Result<Vec<(String, i32, i64)>> {
     let kafka = cfg.kafka.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, i32, i64)>> {
-        let client: BaseConsumer = common::kafka::client_config(&kafka)
+        let client: BaseConsumer = platform::kafka::client_config(&kafka)
             .create()
             .context("kafka client")?;
         let timeout = Duration::from_secs(10);
         let mut out = Vec::new();
         for topic in [&kafka.traffic_topic, &kafka.effects_topic] {
-            let partitions = common::kafka::topic_partitions(&client, topic, timeout)
+            let partitions = platform::kafka::topic_partitions(&client, topic, timeout)
                 .with_context(|| format!("metadata of {topic}"))?;
             anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
             for p in partitions.into_iter().filter(|p| shard.owns(*p)) {

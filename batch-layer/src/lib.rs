@@ -38,14 +38,17 @@
 //! - [`finality`]: when a day may turn final. [`reconcile`]: speed vs batch.
 //! - [`runs`]: the `batch_runs` table. [`schedule`]: cron and late-data revisions.
 //! - [`totals`]: advertiser-day totals (revisions, reconciliation).
-//! - [`bench`]: throughput on the standard load.
+//! - [`service`]: the entry points of the archiver and the scheduler.
+//! - [`tools`]: the operator commands (recompute by hand, archive status,
+//!   reconcile) and the benchmark ([`tools::bench`]).
 
 pub mod archive;
 pub mod archiver;
-pub mod bench;
 pub mod finality;
 pub mod recompute;
 pub mod reconcile;
 pub mod runs;
 pub mod schedule;
+pub mod service;
+pub mod tools;
 pub mod totals;

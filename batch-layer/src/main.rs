@@ -4,15 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use batch_layer::archive::store;
-use batch_layer::recompute::{self, Options, RecomputeError, Shard};
-use batch_layer::schedule::TickKind;
+use batch_layer::recompute::Shard;
+use batch_layer::{service, tools};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand};
 use common::config::Config;
-use indicatif::{ProgressBar, ProgressStyle};
-use metrics_exporter_prometheus::PrometheusBuilder;
 
 #[derive(Parser)]
 #[command(
@@ -166,208 +162,31 @@ enum BenchCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init_tracing();
+    platform::telemetry::init_tracing();
     let cli = Cli::parse();
     let cfg = Arc::new(Config::load(cli.config.as_deref())?);
-    let topics = [
-        cfg.kafka.traffic_topic.clone(),
-        cfg.kafka.effects_topic.clone(),
-    ];
-    let topics = [topics[0].as_str(), topics[1].as_str()];
     match cli.command {
         Command::Archive { metrics_listen } => {
-            let addr = common::telemetry::listen_addr("--metrics-listen", &metrics_listen)?;
-            PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .install()
-                .context("prometheus exporter")?;
-            let archive = store::open(&cfg.batch)?;
-            batch_layer::archiver::run(Arc::clone(&cfg), archive, common::shutdown::on_signal())
-                .await
+            service::archive(cfg, &metrics_listen, platform::shutdown::on_signal()).await
         }
         Command::Recompute { days, as_of, shard } => {
-            let days = days.days()?;
-            let now_ms = clock(as_of)?;
-            let pool = common::db::pool(&cfg.mysql)?;
-            common::db::migrate(&pool).await.context("MySQL schema")?;
-            let archive = store::open(&cfg.batch)?;
-            let bar = ProgressBar::new(0).with_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {pos}/{len} partitions {elapsed}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            let (mut read, mut written, mut failed, mut refused) =
-                (0_u64, 0_u64, Vec::new(), Vec::new());
-            let started = std::time::Instant::now();
-            for d in &days {
-                bar.set_prefix(d.to_string());
-                bar.set_position(0);
-                let b = bar.clone();
-                let progress = Arc::new(move |done: usize, total: usize| {
-                    b.set_length(total as u64);
-                    b.set_position(done as u64);
-                });
-                match recompute::run_day(
-                    &pool,
-                    &archive,
-                    &cfg,
-                    *d,
-                    Options {
-                        shard,
-                        ..Options::from_config(&cfg)
-                    },
-                    now_ms,
-                    progress,
-                )
-                .await
-                {
-                    Ok(s) => {
-                        read += s.input_rows;
-                        written += s.output_rows;
-                        bar.suspend(|| print_summary(&s, shard));
-                        if !s.final_zones.is_empty()
-                            && let Some(r) =
-                                batch_layer::reconcile::after_final(&cfg, &pool, *d, &s.final_zones)
-                                    .await
-                        {
-                            bar.suspend(|| println!("{r}"));
-                        }
-                    }
-                    Err(RecomputeError::Refused(why)) => {
-                        bar.suspend(|| println!("{d}: NOT FINAL — {why}"));
-                        refused.push(why.to_string());
-                    }
-                    Err(e) => {
-                        bar.suspend(|| println!("{d}: FAILED — {e}"));
-                        failed.push(format!("{d}: {e}"));
-                    }
-                }
-            }
-            bar.finish_and_clear();
-            println!(
-                "recomputed {} day(s), {} not final yet, {} failed: {read} rows read, {written} rows written, {:.1} s",
-                days.len() - failed.len() - refused.len(),
-                refused.len(),
-                failed.len(),
-                started.elapsed().as_secs_f64()
-            );
-            pool.disconnect().await.ok();
-            anyhow::ensure!(
-                failed.is_empty(),
-                "failed (recorded as failed in batch_runs):\n  {}",
-                failed.join("\n  ")
-            );
-            anyhow::ensure!(
-                refused.is_empty(),
-                "not final yet (nothing written for these days):\n  {}",
-                refused.join("\n  ")
-            );
-            Ok(())
+            tools::recompute_days(&cfg, &days.days()?, clock(as_of)?, shard).await
         }
         Command::Schedule {
-            once,
+            once: true,
             as_of,
+            shard,
+            ..
+        } => tools::schedule_once(&cfg, clock(as_of)?, shard).await,
+        Command::Schedule {
             metrics_listen,
             shard,
-        } => {
-            let pool = common::db::pool(&cfg.mysql)?;
-            common::db::migrate(&pool).await.context("MySQL schema")?;
-            let archive = store::open(&cfg.batch)?;
-            if once {
-                let now_ms = clock(as_of)?;
-                let kind = TickKind { late_data: true };
-                let out =
-                    batch_layer::schedule::tick(&cfg, &pool, &archive, shard, now_ms, kind).await?;
-                for (d, r) in &out {
-                    match r {
-                        Ok(s) => println!(
-                            "{d}: {} ({} rows; final zones: {})",
-                            s.finality,
-                            s.output_rows,
-                            s.final_zones.join(", ")
-                        ),
-                        Err(RecomputeError::Refused(why)) => println!("{d}: NOT FINAL — {why}"),
-                        Err(e) => println!("{d}: FAILED — {e}"),
-                    }
-                }
-                Ok(())
-            } else {
-                let addr = common::telemetry::listen_addr("--metrics-listen", &metrics_listen)?;
-                PrometheusBuilder::new()
-                    .with_http_listener(addr)
-                    .install()
-                    .context("prometheus exporter")?;
-                batch_layer::schedule::run(
-                    Arc::clone(&cfg),
-                    pool,
-                    archive,
-                    shard,
-                    common::shutdown::on_signal(),
-                )
-                .await
-            }
-        }
+            ..
+        } => service::schedule(cfg, &metrics_listen, shard, platform::shutdown::on_signal()).await,
         Command::ArchiveStatus { wait, timeout } => {
-            let archive = store::open(&cfg.batch)?;
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
-            loop {
-                let now = common::day::now_ms();
-                let c =
-                    batch_layer::finality::archive_completeness(&cfg, &archive, Shard::WHOLE, now)
-                        .await?;
-                let behind: Vec<String> = c
-                    .partitions
-                    .iter()
-                    .filter(|p| p.archived_offset < p.end_offset)
-                    .map(ToString::to_string)
-                    .collect();
-                if behind.is_empty() || !wait || std::time::Instant::now() >= deadline {
-                    for p in &c.partitions {
-                        println!("{p}");
-                    }
-                    println!(
-                        "archive complete through {} ({} of {} partitions behind)",
-                        common::day::rfc3339_ms(c.through_ms()),
-                        behind.len(),
-                        c.partitions.len()
-                    );
-                    anyhow::ensure!(
-                        behind.is_empty() || !wait,
-                        "timed out after {timeout} s with partitions behind: {}",
-                        behind.join("; ")
-                    );
-                    return Ok(());
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
+            tools::archive_status(&cfg, wait, std::time::Duration::from_secs(timeout)).await
         }
-        Command::Reconcile { days } => {
-            let days = days.days()?;
-            let pool = common::db::pool(&cfg.mysql)?;
-            common::db::migrate(&pool).await.context("MySQL schema")?;
-            let speed = batch_layer::reconcile::speed_reader(&cfg).await?;
-            let finals = batch_layer::finality::final_zones_since(&pool, days[0]).await?;
-            let mut differing = 0;
-            for d in &days {
-                let Some(zones) = finals.get(d) else {
-                    println!("{d}: not final; nothing to reconcile");
-                    continue;
-                };
-                let advertisers =
-                    batch_layer::reconcile::advertisers_of_zones(&pool, zones).await?;
-                let r =
-                    batch_layer::reconcile::reconcile_day(&pool, &speed, *d, &advertisers).await?;
-                println!("{r}");
-                differing += r.differences.len();
-            }
-            pool.disconnect().await.ok();
-            anyhow::ensure!(
-                differing == 0,
-                "{differing} advertiser-day(s) differ in a count or sum (table reconciliation)"
-            );
-            Ok(())
-        }
+        Command::Reconcile { days } => tools::reconcile_days(&cfg, &days.days()?).await,
         Command::Bench {
             which:
                 BenchCommand::Prepare {
@@ -376,10 +195,7 @@ async fn main() -> anyhow::Result<()> {
                     partitions,
                 },
         } => {
-            let mut b = cfg.batch.clone();
-            b.archive_url = archive.display().to_string();
-            let a = store::open(&b)?;
-            let n = batch_layer::bench::prepare(&input, &a, partitions, topics).await?;
+            let n = tools::bench_prepare(&cfg, &input, &archive, partitions).await?;
             println!("{{\"rows\": {n}}}");
             Ok(())
         }
@@ -392,42 +208,9 @@ async fn main() -> anyhow::Result<()> {
                     advertisers,
                 },
         } => {
-            let mut b = cfg.batch.clone();
-            b.archive_url = archive.display().to_string();
-            let a = store::open(&b)?;
-            let mut opts = Options::from_config(&cfg);
-            if let Some(t) = threads {
-                opts.threads = t;
-            }
-            let f = batch_layer::bench::run(&a, topics, day, opts, advertisers).await?;
+            let f = tools::bench_run(&cfg, &archive, day, threads, advertisers).await?;
             println!("{}", serde_json::to_string_pretty(&f)?);
             Ok(())
         }
     }
-}
-
-/// One line per recomputed day: what turned final and what did not.
-fn print_summary(s: &recompute::DaySummary, shard: Shard) {
-    println!(
-        "{}: {} (part {}, {}/{} parts written) — {} input rows, {} rows written, {:.1} s; final zones: [{}]{}{}",
-        s.day,
-        s.finality,
-        s.shard,
-        s.parts_done,
-        shard.count,
-        s.input_rows,
-        s.output_rows,
-        s.seconds,
-        s.final_zones.join(", "),
-        if s.open.is_empty() {
-            String::new()
-        } else {
-            format!("; still open: {}", s.open.join(", "))
-        },
-        if s.waiting.is_empty() {
-            String::new()
-        } else {
-            format!("; waiting: {}", s.waiting.join(" | "))
-        },
-    );
 }

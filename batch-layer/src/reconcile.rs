@@ -29,15 +29,16 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::Context as _;
 use chrono::NaiveDate;
 use common::config::Config;
+use common::counters::UvScope;
 use common::counters::{Counters, Measure};
-use common::redis_keys::{Keys, UvScope};
-use common::speed_results::SpeedReader;
+use common::redis_keys::Keys;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Pool, Value};
+use platform::speed_results::SpeedReader;
 
 use crate::totals::{self, IN_CHUNK, Totals, placeholders};
 
-pub use common::speed_results::UV_TOLERANCE;
+pub use platform::speed_results::UV_TOLERANCE;
 
 /// Gauge: the sum of |speed - batch| over the advertiser-days checked in the last
 /// [`HORIZON_DAYS`](crate::schedule::HORIZON_DAYS) days, per measure (label `measure`; `uv` included). 0 for every
@@ -85,7 +86,7 @@ impl std::fmt::Display for DayReconciliation {
 ///
 /// When Redis does not answer.
 pub async fn speed_reader(cfg: &Config) -> anyhow::Result<SpeedReader> {
-    let conn = common::redis_conn::RedisConn::connect(&cfg.redis)
+    let conn = platform::redis_conn::RedisConn::connect(&cfg.redis)
         .await
         .context("connecting to Redis")?;
     Ok(SpeedReader::new(
@@ -235,8 +236,8 @@ pub fn uv_relative_error(speed: i64, batch: i64) -> f64 {
 pub async fn advertisers_of_zones(
     pool: &Pool,
     zones: &[String],
-) -> Result<Vec<i64>, common::db::DbError> {
-    let dims = common::dims::load_all(pool).await?;
+) -> Result<Vec<i64>, platform::db::DbError> {
+    let dims = platform::dims::load_all(pool).await?;
     let mut ids: Vec<i64> = dims
         .advertisers
         .values()
@@ -255,7 +256,7 @@ pub async fn advertisers_of_zones(
 /// When Kafka or Redis do not answer.
 pub async fn speed_lag(cfg: &Config) -> anyhow::Result<i64> {
     let ends = crate::finality::end_offsets(cfg, crate::recompute::Shard::WHOLE).await?;
-    let mut conn = common::redis_conn::RedisConn::connect(&cfg.redis)
+    let mut conn = platform::redis_conn::RedisConn::connect(&cfg.redis)
         .await
         .context("connecting to Redis")?;
     let keys = Keys::new(&cfg.redis.key_prefix);

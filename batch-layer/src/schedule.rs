@@ -17,7 +17,6 @@
 //! counted over its own partitions.
 
 use std::collections::BTreeSet;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -134,7 +133,7 @@ pub async fn due_days(
     let runs = runs::since(pool, from).await?;
     let parts = runs::parts_since(pool, from, shard.index, shard.count).await?;
     let final_zones = finality::final_zones_since(pool, from).await?;
-    let dims = common::dims::load_all(pool).await?;
+    let dims = platform::dims::load_all(pool).await?;
     let opts = Options::from_config(cfg);
     // With advertisers off UTC, a UTC date's events fall on the local days before and
     // after it too (zones from UTC-12 to UTC+14); the recompute then reads those
@@ -268,7 +267,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let parse = |key: &str, s: &str| {
-        cron::Schedule::from_str(s).with_context(|| format!("batch.{key} `{s}`"))
+        common::config::cron_schedule(s).with_context(|| format!("batch.{key} `{s}`"))
     };
     let closing = parse("schedule", &cfg.batch.schedule)?;
     let late = parse("late_data_schedule", &cfg.batch.late_data_schedule)?;

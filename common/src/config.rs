@@ -697,8 +697,15 @@ impl Config {
                 self.batch.platform_tz
             ));
         }
-        if let Err(e) = self.batch.schedule.parse::<CronCheck>() {
-            errs.push(format!("batch.schedule: {e}"));
+        for (key, expr) in [
+            ("schedule", &self.batch.schedule),
+            ("late_data_schedule", &self.batch.late_data_schedule),
+        ] {
+            if let Err(e) = cron_schedule(expr) {
+                errs.push(format!(
+                    "batch.{key} `{expr}` is not a cron expression: {e}"
+                ));
+            }
         }
         if self.serving.max_range_days < 1 {
             errs.push("serving.max_range_days must be >= 1".into());
@@ -726,27 +733,57 @@ impl Config {
     }
 }
 
-/// Shallow check of a cron expression's shape (6 or 7 fields); the batch layer parses
-/// it fully with the `cron` crate at start.
-struct CronCheck;
-
-impl std::str::FromStr for CronCheck {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let n = s.split_whitespace().count();
-        if (6..=7).contains(&n) {
-            Ok(CronCheck)
-        } else {
-            Err(format!(
-                "`{s}` has {n} fields; expected 6 or 7 (sec min hour day month weekday [year])"
-            ))
-        }
-    }
+/// Parses a cron expression with seconds (`sec min hour day month weekday [year]`),
+/// as the batch layer's scheduler reads `batch.schedule` and `batch.late_data_schedule`.
+///
+/// # Errors
+///
+/// The `cron` crate's error when the expression does not parse.
+pub fn cron_schedule(expr: &str) -> Result<cron::Schedule, cron::error::Error> {
+    <cron::Schedule as std::str::FromStr>::from_str(expr)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The problems `validate` reports for `cfg`.
+    fn problems(cfg: &Config) -> Vec<String> {
+        match cfg.validate() {
+            Err(ConfigError::Invalid(v)) => v,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_time_zone_is_refused_naming_its_key() {
+        let mut c = Config::default();
+        c.batch.platform_tz = "Mars/Olympus_Mons".into();
+        let p = problems(&c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("batch.platform_tz `Mars/Olympus_Mons`"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_cron_expression_that_does_not_parse_is_refused_naming_its_key() {
+        let mut c = Config::default();
+        // Six fields (the old shape check let it through) but no 61st minute.
+        c.batch.late_data_schedule = "0 61 2 * * *".into();
+        c.batch.schedule = "every quarter hour".into();
+        let p = problems(&c);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("batch.schedule `every quarter hour`"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("batch.late_data_schedule `0 61 2 * * *`"),
+            "{p:?}"
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_match_the_design() {

@@ -282,6 +282,19 @@ impl Derived {
     }
 }
 
+/// A scope unique users (UV) are counted in: one ad, one campaign or one advertiser.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum UvScope {
+    /// One ad.
+    Ad(i64),
+    /// One campaign.
+    Campaign(i64),
+    /// One advertiser.
+    Advertiser(i64),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
-//! Shared foundation of the ad-metrics platform: the event schema and its validation,
-//! the attribution rules both paths apply, the metric counters, days and time zones,
-//! configuration, the Redis key layout, MySQL schema and dimension access, telemetry
-//! names, and (feature `kafka`) Kafka plumbing.
+//! The contract of the ad-metrics platform, with no I/O: the event schema and its
+//! validation, the attribution rules both paths apply, the metric counters, days and
+//! time zones, configuration, the dimension types, the Redis key layout the speed
+//! layer writes and the serving layer reads, and metric names. Connections to the
+//! services are in the `platform` crate; the data sets of tools and tests in
+//! `fixtures`.
 //!
 //! ```text
 //!             ad-traffic ─┐                ┌─> Redis (provisional, 10 s windows) ─┐
@@ -21,27 +23,17 @@
 //! - [`config`]: TOML + environment configuration.
 //! - [`redis_keys`]: where the speed layer's results and state live in Redis (one hash
 //!   tag per Kafka partition).
-//! - [`redis_conn`]: one Redis or a Redis Cluster behind one connection type; why a
-//!   window flush stays atomic on a cluster; reads pipelined per slot.
-//! - [`db`], [`dims`]: MySQL schema and the dimension tables.
-//! - [`dataset`]: the TalkingData sample and its mapping onto events.
-//! - [`telemetry`]: metric names, logging, Prometheus.
-//! - `kafka` (feature `kafka`): client settings, topics, dead-letter records.
+//! - [`dims`]: the dimension rows (ad, advertiser, product) and their lookup trait.
+//! - [`flat_json`]: the allocation-free scanner behind [`decode`].
+//! - [`telemetry`]: metric names.
 
 pub mod attribution;
 pub mod config;
 pub mod counters;
-pub mod dataset;
 pub mod day;
-pub mod db;
 pub mod decode;
 pub mod dims;
 pub mod event;
 pub mod flat_json;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-pub mod redis_conn;
 pub mod redis_keys;
-pub mod shutdown;
-pub mod speed_results;
 pub mod telemetry;

@@ -1,5 +1,7 @@
-//! The Redis key layout of the speed layer's results and state, shared by the writer
-//! (speed layer) and the reader (serving layer).
+//! The Redis key layout of the speed layer's results, shared by the writer (speed
+//! layer) and the readers (serving layer, reconciliation). The speed layer's own state
+//! keys (rows from `epoch` down) are built in `speed_layer::state_keys`, under the
+//! same hash tag.
 //!
 //! Every key carries the hash tag `{<prefix>:p<N>}` of the Kafka partition `N` whose
 //! events it holds. One partition's window flush (its result deltas, its state changes
@@ -39,7 +41,7 @@
 
 use chrono::NaiveDate;
 
-use crate::day::{DayNum, date_of};
+use crate::counters::UvScope;
 
 /// Field of the `off` hash holding the partition's flush sequence number.
 pub const FLUSH_SEQ_FIELD: &str = "flush_seq";
@@ -51,19 +53,6 @@ pub const AS_OF_FIELD: &str = "_as_of";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
-}
-
-/// Scope of a UV HyperLogLog.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub enum UvScope {
-    /// One ad.
-    Ad(i64),
-    /// One campaign.
-    Campaign(i64),
-    /// One advertiser.
-    Advertiser(i64),
 }
 
 impl Keys {
@@ -81,6 +70,12 @@ impl Keys {
 
     fn base(&self, partition: i32) -> String {
         format!("{p}:{{{p}:p{partition}}}", p = self.prefix)
+    }
+
+    /// The key `<prefix>:{<prefix>:p<N>}:<suffix>`: under the partition's hash tag, as
+    /// every key of the partition (the speed layer's state keys are built with it).
+    pub fn partition_key(&self, partition: i32, suffix: &str) -> String {
+        format!("{}:{suffix}", self.base(partition))
     }
 
     /// Per-ad counters of an advertiser-day.
@@ -106,38 +101,6 @@ impl Keys {
     /// Consumed offsets of a partition.
     pub fn offsets(&self, partition: i32) -> String {
         format!("{}:off", self.base(partition))
-    }
-
-    /// Fencing token of a partition.
-    pub fn epoch(&self, partition: i32) -> String {
-        format!("{}:epoch", self.base(partition))
-    }
-
-    /// Snapshot of open windows and watermarks.
-    pub fn open_windows(&self, partition: i32) -> String {
-        format!("{}:open", self.base(partition))
-    }
-
-    /// Click log of one UTC day.
-    pub fn clicks(&self, partition: i32, utc_day: DayNum) -> String {
-        format!("{}:clk:{}", self.base(partition), date_of(utc_day))
-    }
-
-    /// Pending effects.
-    pub fn pending(&self, partition: i32) -> String {
-        format!("{}:pend", self.base(partition))
-    }
-
-    /// Dedup ids of one event hour (hours since the Unix epoch): a list of blobs of
-    /// 8-byte hashes, one blob per flush.
-    pub fn seen_ids(&self, partition: i32, hour: i64) -> String {
-        format!("{}:ids:{hour}", self.base(partition))
-    }
-
-    /// Dedup set of one event hour as earlier versions wrote it (one member per id);
-    /// read on load, no longer written.
-    pub fn seen(&self, partition: i32, hour: i64) -> String {
-        format!("{}:seen:{hour}", self.base(partition))
     }
 }
 
@@ -165,12 +128,7 @@ mod tests {
             k.series(3, 12, d),
             k.uv(3, d, UvScope::Ad(12_001)),
             k.offsets(3),
-            k.epoch(3),
-            k.open_windows(3),
-            k.clicks(3, 20_000),
-            k.pending(3),
-            k.seen(3, 480_000),
-            k.seen_ids(3, 480_000),
+            k.partition_key(3, "epoch"),
         ];
         for key in &keys {
             let tag = &key[key.find('{').unwrap() + 1..key.find('}').unwrap()];

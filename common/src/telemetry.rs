@@ -1,13 +1,8 @@
-//! Logs and metrics: one place for every metric name (prefixed `admetrics_`,
-//! counters end in `_total`, units in the name: Vector's instrumentation spec), the
-//! tracing subscriber, and the Prometheus exporter binaries install.
+//! Metric names: one place for every metric name (prefixed `admetrics_`, counters end
+//! in `_total`, units in the name: Vector's instrumentation spec). The tracing
+//! subscriber and the Prometheus exporter are set up by `platform::telemetry`.
 //!
 //! Ids (`ad_id`, `user_id`, API keys) are never labels; they go into spans.
-
-use std::net::SocketAddr;
-
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
 
 /// Events read from Kafka. Labels: `topic`.
 pub const EVENTS_CONSUMED: &str = "admetrics_events_consumed_total";
@@ -53,44 +48,3 @@ pub const ARCHIVE_FILES_WRITTEN: &str = "admetrics_archive_files_written_total";
 pub const HTTP_REQUESTS: &str = "admetrics_http_requests_total";
 /// HTTP request duration, seconds. Labels: `route`.
 pub const HTTP_REQUEST_DURATION: &str = "admetrics_http_request_duration_seconds";
-
-/// Installs the tracing subscriber: `RUST_LOG` filter (default `info`), JSON lines
-/// when `ADMETRICS_LOG_JSON=1`, human-readable otherwise. Logs go to stderr.
-pub fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("ADMETRICS_LOG_JSON").is_ok_and(|v| v == "1");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init in the same process (tests) is harmless; keep the first.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-/// Installs the Prometheus recorder and returns its handle; the caller serves
-/// `handle.render()` on its own HTTP endpoint.
-///
-/// # Errors
-///
-/// When a recorder is already installed in this process.
-pub fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ])?
-        .install_recorder()?;
-    Ok(handle)
-}
-
-/// Parses a listen address, naming the config key in the error.
-///
-/// # Errors
-///
-/// When `addr` is not `host:port`.
-pub fn listen_addr(key: &str, addr: &str) -> anyhow::Result<SocketAddr> {
-    addr.parse()
-        .map_err(|e| anyhow::anyhow!("{key} `{addr}` is not host:port: {e}"))
-}

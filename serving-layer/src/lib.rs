@@ -14,6 +14,7 @@
 //!
 //! # Layout (dependencies point down this list)
 //!
+//! - [`service`]: the entry point, `run(config, shutdown)`; [`tools`]: key management.
 //! - [`server`]: the HTTP/1.1 loop and its timeouts.
 //! - [`routes`]: the router, security headers, the handlers of the static and health
 //!   routes and of `/metrics`; [`live`]: `/realtime` and `/freshness`;
@@ -22,7 +23,7 @@
 //!   [`params`]: strict parameter parsing.
 //! - [`read_path`]: the version-checked caches in front of the stores (its docs give
 //!   the versions, the bounds and the cache keys).
-//! - [`batch`]: MySQL reads; Redis reads are `common::speed_results`.
+//! - [`batch`]: MySQL reads; Redis reads are `platform::speed_results`.
 //! - [`merge`]: pure: batch days + speed days -> answer rows and totals.
 //! - [`error`]: the one JSON error shape.
 
@@ -36,4 +37,6 @@ pub mod read_path;
 pub mod reconciliation;
 pub mod routes;
 pub mod server;
+pub mod service;
 pub mod state;
+pub mod tools;

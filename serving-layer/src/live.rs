@@ -1,7 +1,7 @@
 //! The dashboard's live views: today's 10-second series (`/realtime`) and how fresh
 //! an advertiser's numbers are (`/freshness`).
 //!
-//! Both read the speed layer's Redis hashes ([`common::speed_results`]) and, for freshness, the
+//! Both read the speed layer's Redis hashes ([`platform::speed_results`]) and, for freshness, the
 //! batch layer's `batch_runs` and the advertiser's `final_through` (MySQL).
 
 use std::collections::BTreeMap;

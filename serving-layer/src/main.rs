@@ -2,16 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use common::config::Config;
-use common::redis_keys::Keys;
-use common::speed_results::SpeedReader;
-use serving_layer::auth::{self, Principal};
-use serving_layer::routes::app;
-use serving_layer::state::AppState;
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use serving_layer::auth::Principal;
+use serving_layer::tools::keys;
 
 #[derive(Parser)]
 #[command(
@@ -64,13 +58,13 @@ enum KeysAction {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init_tracing();
+    platform::telemetry::init_tracing();
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
-    let pool = common::db::pool(&cfg.mysql)?;
-    common::db::migrate(&pool).await.context("MySQL schema")?;
-    let result = match cli.command {
-        Command::Serve => serve(cfg, pool.clone()).await,
+    match cli.command {
+        Command::Serve => {
+            serving_layer::service::run(cfg, platform::shutdown::on_signal()).await?;
+        }
         Command::Keys {
             action:
                 KeysAction::Create {
@@ -84,50 +78,14 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 Principal::Advertiser(advertiser.unwrap_or_default())
             };
-            let key = auth::create(&pool, principal, &label).await?;
-            println!("{key}");
-            Ok(())
+            println!("{}", keys::create(&cfg, principal, &label).await?);
         }
         Command::Keys {
             action: KeysAction::Revoke { key_id },
         } => {
-            let id = key_id
-                .strip_prefix("amk_")
-                .map_or(key_id.as_str(), |r| r.split('_').next().unwrap_or(r));
-            anyhow::ensure!(auth::revoke(&pool, id).await?, "no active key with id {id}");
+            let id = keys::revoke(&cfg, &key_id).await?;
             println!("revoked {id}");
-            Ok(())
         }
-    };
-    pool.disconnect().await.ok();
-    result
-}
-
-async fn serve(cfg: Config, pool: mysql_async::Pool) -> anyhow::Result<()> {
-    // Bind first: a taken port fails the start before any poller runs.
-    let addr = common::telemetry::listen_addr("serving.listen", &cfg.serving.listen)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let prometheus = common::telemetry::install_prometheus()?;
-    let conn = common::redis_conn::RedisConn::connect(&cfg.redis)
-        .await
-        .context("connecting to Redis (redis.url / redis.cluster_nodes)")?;
-    let speed = SpeedReader::new(conn, Keys::new(&cfg.redis.key_prefix), cfg.kafka.partitions);
-    let shutdown = common::shutdown::on_signal();
-    let state = AppState::new(
-        cfg.serving.clone(),
-        pool,
-        speed,
-        Some(prometheus),
-        &shutdown,
-    );
-    let router = app(state)
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            cfg.serving.request_timeout,
-        ))
-        .layer(TraceLayer::new_for_http());
-    tracing::info!(%addr, "serving");
-    serving_layer::server::serve(listener, router, cfg.serving.header_read_timeout, shutdown).await
+    }
+    Ok(())
 }

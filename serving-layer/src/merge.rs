@@ -21,9 +21,9 @@
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
+use common::counters::UvScope;
 use common::counters::{Counters, Derived, Measure, UNATTRIBUTED_AD};
 use common::day::rfc3339_ms;
-use common::redis_keys::UvScope;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
@@ -119,7 +119,7 @@ impl BatchDay {
     }
 }
 
-pub use common::speed_results::SpeedDay;
+pub use platform::speed_results::SpeedDay;
 
 /// The UV scopes a grouping shows for one speed day of `advertiser`: the advertiser
 /// (by day), every attributed ad (by ad), every campaign of an attributed ad (by

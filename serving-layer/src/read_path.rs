@@ -13,7 +13,7 @@
 //! | what | version | bound (polled every half of it) |
 //! |---|---|---|
 //! | final days | per (day, time zone) with `status = 'final'`: the `computed_at` of the run that last wrote its rows (`day_finality`, [`crate::batch::read_catalog`]); an advertiser-day is final iff (day, the advertiser's zone) is in the catalog; the whole catalog hashes to the *batch generation* | `serving.batch_staleness` (1 s): a zone-day turned final, or replaced (revised) by a new run, is served from the new rows at most this long after the run committed |
-//! | provisional days | the *flush generation*: a hash of every partition's `flush_seq` ([`common::speed_results::SpeedReader::flush_generation`]) | `serving.speed_staleness` (1 s): an answer is never older than the last completed flush by more than this |
+//! | provisional days | the *flush generation*: a hash of every partition's `flush_seq` ([`platform::speed_results::SpeedReader::flush_generation`]) | `serving.speed_staleness` (1 s): an answer is never older than the last completed flush by more than this |
 //!
 //! A poll older than its bound is never used: when the poller is late or failing
 //! (MySQL or Redis down), a request reads the version itself (and answers 503 if that
@@ -32,7 +32,7 @@
 //! A miss reads only what it lacks: the missing final days, their versions and their
 //! latest `day_revisions` rows in one MySQL transaction ([`crate::batch::load_days`]),
 //! the missing provisional days in one pipeline per partition slot
-//! ([`common::speed_results::SpeedReader`]). Counts and sums are the sums of the
+//! ([`platform::speed_results::SpeedReader`]). Counts and sums are the sums of the
 //! per-partition hashes exactly as before; UV is the sum of the per-partition
 //! HyperLogLog counts. On Redis Cluster every read is pipelined per slot, all in
 //! flight at once.
@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{self, Catalog};
 use crate::error::ApiError;
 use crate::merge::{self, BatchDay, GroupBy, SpeedDay};
-use common::speed_results::SpeedReader;
+use platform::speed_results::SpeedReader;
 
 /// Which (day, time zone) pairs are final, and in which version, as of one poll of
 /// `day_finality`.

@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::params::{AdvertiserSegment, DayRange};
 use crate::state::AppState;
 
-pub use common::speed_results::UV_TOLERANCE as UV_RELATIVE_ERROR_BOUND;
+pub use platform::speed_results::UV_TOLERANCE as UV_RELATIVE_ERROR_BOUND;
 
 /// The measure name of distinct users in `reconciliation.measure`.
 pub const UV_MEASURE: &str = "uv";

@@ -27,18 +27,14 @@ use tower::ServiceExt as _;
 /// How long connections may take to finish after shutdown began.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
-///
-/// # Errors
-///
-/// None so far: accept errors (out of file descriptors, a reset before accept) are
-/// logged and the loop goes on.
+/// Serves `router` on `listener` until `shutdown` is cancelled. Accept errors (out
+/// of file descriptors, a reset before accept) are logged and the loop goes on.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -76,5 +72,4 @@ pub async fn serve(
             tracing::warn!("connections still open {DRAIN:?} after shutdown began; dropping them");
         }
     }
-    Ok(())
 }

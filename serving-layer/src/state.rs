@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Authenticator, VerifiedKey};
 use crate::error::ApiError;
 use crate::read_path::{Advertiser, ReadPath};
-use common::speed_results::SpeedReader;
+use platform::speed_results::SpeedReader;
 
 /// What handlers share; cheap to clone.
 #[derive(Clone)]

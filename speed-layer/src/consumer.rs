@@ -159,7 +159,7 @@ pub async fn run(
         changes: Arc::clone(&changes),
     };
     let consumer: StreamConsumer<SpeedContext> =
-        common::kafka::consumer_config(&cfg.kafka, &cfg.speed.group_id)
+        platform::kafka::consumer_config(&cfg.kafka, &cfg.speed.group_id)
             // The consumer-lag gauge comes from these statistics: every second, so it
             // is there within a second of the first fetch.
             .set("statistics.interval.ms", "1000")

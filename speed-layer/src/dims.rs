@@ -14,12 +14,12 @@ use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::db::DbError;
-use common::dims::{self, AdDim, AdvertiserDim, ProductDim, StaticDimensions};
+use common::dims::{AdDim, AdvertiserDim, ProductDim, StaticDimensions};
 use common::event::Event;
 use common::telemetry::{DIM_CACHE_LOOKUPS, DIM_MYSQL_QUERIES};
 use moka::sync::Cache;
 use mysql_async::Pool;
+use platform::db::DbError;
 
 /// How long "not in MySQL" is remembered.
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
@@ -152,7 +152,7 @@ impl DimCache {
         }
         let [ads, advertisers, products] = want;
         if !ads.is_empty() {
-            let rows = dims::fetch_ads(&self.pool, &ads).await?;
+            let rows = platform::dims::fetch_ads(&self.pool, &ads).await?;
             metrics::counter!(DIM_MYSQL_QUERIES, "table" => "ads").increment(1);
             fill(
                 &self.ads,
@@ -162,7 +162,7 @@ impl DimCache {
             );
         }
         if !advertisers.is_empty() {
-            let rows = dims::fetch_advertisers(&self.pool, &advertisers).await?;
+            let rows = platform::dims::fetch_advertisers(&self.pool, &advertisers).await?;
             metrics::counter!(DIM_MYSQL_QUERIES, "table" => "advertisers").increment(1);
             fill(
                 &self.advertisers,
@@ -172,7 +172,7 @@ impl DimCache {
             );
         }
         if !products.is_empty() {
-            let rows = dims::fetch_products(&self.pool, &products).await?;
+            let rows = platform::dims::fetch_products(&self.pool, &products).await?;
             metrics::counter!(DIM_MYSQL_QUERIES, "table" => "products").increment(1);
             fill(
                 &self.products,

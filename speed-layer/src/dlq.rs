@@ -1,13 +1,13 @@
 //! The dead-letter producer: rejected messages go to `ad-dlq` with their reason in
-//! headers and their bytes unchanged (format: `common::kafka`).
+//! headers and their bytes unchanged (format: `platform::kafka`).
 //!
 //! Sends are asynchronous; [`DeadLetters::drain`] awaits every delivery, and the
 //! partition task calls it before a flush stores offsets past the rejected messages,
 //! so a rejected message is either in the DLQ or will be consumed again.
 
 use common::decode::Rejection;
-use common::kafka::{DlqSource, dlq_headers};
 use common::telemetry::EVENTS_DEAD_LETTERED;
+use platform::kafka::{DlqSource, dlq_headers};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 /// Deliveries in flight for one partition task.

@@ -32,29 +32,27 @@
 //! - [`service`]: the whole speed layer as one call (what `speed-layer run` runs).
 //! - [`pipeline`]: the pure core ([`pipeline::processor::Processor`]).
 //! - [`dims`]: MySQL dimensions behind bounded TTL caches.
-//! - [`state`]: loading and flushing a partition's state in Redis.
+//! - [`state`]: loading and flushing a partition's state in Redis; [`state_keys`]: its
+//!   keys.
 //! - [`uv_cache`]: the UV entries recently written, so a flush does not send them again.
 //! - [`partition`]: the task that owns one partition.
 //! - [`consumer`]: the Kafka consumer group, rebalances, dispatch.
 //! - [`dlq`]: the dead-letter producer.
 //! - [`clickhouse_sink`]: batched, retried, spilled ClickHouse writes.
-//! - [`replay`]: the data-set replay command.
-//! - [`bench`]: the pipeline benchmark. [`bench_e2e`]: throughput and freshness through Kafka and Redis.
-//!   [`bench_sink`]: ClickHouse sink inserts.
-//! - [`status`]: per-partition progress (lag, open windows).
+//! - [`tools`]: the operator commands and benchmarks: [`tools::replay`] (the data
+//!   set into MySQL and Kafka), [`tools::status`] (per-partition progress),
+//!   [`tools::dlq_admin`] (list and re-drive dead letters), [`tools::migrate`], [`tools::bench`] (the
+//!   pipeline), [`tools::bench_e2e`] (throughput and freshness through Kafka and
+//!   Redis), [`tools::bench_sink`] (ClickHouse inserts).
 
-pub mod bench;
-pub mod bench_e2e;
-pub mod bench_sink;
 pub mod clickhouse_sink;
 pub mod consumer;
 pub mod dims;
 pub mod dlq;
-pub mod dlq_admin;
 pub mod partition;
 pub mod pipeline;
-pub mod replay;
 pub mod service;
 pub mod state;
-pub mod status;
+pub mod state_keys;
+pub mod tools;
 pub mod uv_cache;

@@ -3,12 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use common::config::Config;
-use metrics_exporter_prometheus::PrometheusBuilder;
 use speed_layer::clickhouse_sink;
-use speed_layer::replay::{self, ReplayOptions, Shift};
+use speed_layer::tools::replay::{self, ReplayOptions, Shift};
 
 #[derive(Parser)]
 #[command(
@@ -102,9 +100,9 @@ struct DlqSelect {
     at: Vec<String>,
 }
 
-impl From<DlqSelect> for speed_layer::dlq_admin::Selection {
+impl From<DlqSelect> for speed_layer::tools::dlq_admin::Selection {
     fn from(s: DlqSelect) -> Self {
-        speed_layer::dlq_admin::Selection {
+        speed_layer::tools::dlq_admin::Selection {
             reasons: s.reasons,
             at: s.at,
         }
@@ -161,7 +159,7 @@ enum BenchCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    common::telemetry::init_tracing();
+    platform::telemetry::init_tracing();
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
     if let Command::Bench {
@@ -175,12 +173,12 @@ fn main() -> anyhow::Result<()> {
     } = &cli.command
     {
         if *state_only {
-            let state = speed_layer::bench::state_only(files, *flush_every, &cfg)?;
+            let state = speed_layer::tools::bench::state_only(files, *flush_every, &cfg)?;
             println!("{}", serde_json::to_string(&state)?);
             return Ok(());
         }
         // One core: the figure is per core, and the benchmark is single-threaded.
-        let figures = speed_layer::bench::run(files, *flush_every, *runs, &cfg)?;
+        let figures = speed_layer::tools::bench::run(files, *flush_every, *runs, &cfg)?;
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -192,7 +190,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
     match command {
-        Command::Run => run(Arc::new(cfg)).await,
+        Command::Run => {
+            speed_layer::service::run(Arc::new(cfg), platform::shutdown::on_signal()).await
+        }
         Command::Replay {
             data,
             speed,
@@ -215,18 +215,20 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ReplaySpill => {
-            let (files, rows) = clickhouse_sink::replay_spill(&cfg.clickhouse, &cfg.state_dir)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let (files, rows) =
+                clickhouse_sink::replay_spill(&cfg.clickhouse, &cfg.state_dir).await?;
             println!("{{\"files\": {files}, \"rows\": {rows}}}");
             Ok(())
         }
         Command::Status { wait, timeout } => {
             let s = if wait {
-                speed_layer::status::wait_settled(&cfg, std::time::Duration::from_secs(timeout))
-                    .await?
+                speed_layer::tools::status::wait_settled(
+                    &cfg,
+                    std::time::Duration::from_secs(timeout),
+                )
+                .await?
             } else {
-                speed_layer::status::read(&cfg).await?
+                speed_layer::tools::status::read(&cfg).await?
             };
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(())
@@ -234,13 +236,13 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Dlq {
             which: DlqCommand::List { select, summary },
         } => {
-            let entries = speed_layer::dlq_admin::list(&cfg.kafka, &select.into())?;
+            let entries = speed_layer::tools::dlq_admin::list(&cfg.kafka, &select.into())?;
             if !summary {
                 for e in &entries {
                     println!("{}", serde_json::to_string(e)?);
                 }
             }
-            let counts = speed_layer::dlq_admin::by_reason(&entries);
+            let counts = speed_layer::tools::dlq_admin::by_reason(&entries);
             println!(
                 "{}",
                 serde_json::json!({ "total": entries.len(), "by_reason": counts })
@@ -254,7 +256,8 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
                 !select.reasons.is_empty() || !select.at.is_empty(),
                 "say what to re-drive: --reason REASON and/or --at PARTITION:OFFSET (see `speed-layer dlq list`)"
             );
-            let sent = speed_layer::dlq_admin::redrive(&cfg.kafka, &select.into(), dry_run).await?;
+            let sent =
+                speed_layer::tools::dlq_admin::redrive(&cfg.kafka, &select.into(), dry_run).await?;
             for e in &sent {
                 println!("{}", serde_json::to_string(e)?);
             }
@@ -264,23 +267,7 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Migrate => {
-            let k = &cfg.kafka;
-            common::kafka::create_topics(
-                k,
-                &[&k.traffic_topic, &k.effects_topic, &k.dlq_topic],
-                k.partitions,
-            )
-            .await?;
-            let pool = common::db::pool(&cfg.mysql)?;
-            common::db::migrate(&pool).await.context("MySQL schema")?;
-            if cfg.clickhouse.enabled {
-                clickhouse_sink::migrate(&cfg.clickhouse)
-                    .await
-                    .context("ClickHouse schema")?;
-            }
-            Ok(())
-        }
+        Command::Migrate => speed_layer::tools::migrate::run(&cfg).await,
         Command::Bench {
             which:
                 BenchCommand::E2e {
@@ -291,33 +278,24 @@ async fn async_main(command: Command, cfg: Config) -> anyhow::Result<()> {
                     timeout,
                 },
         } => {
-            let opts = speed_layer::bench_e2e::E2eOptions {
+            let opts = speed_layer::tools::bench_e2e::E2eOptions {
                 data,
                 events,
                 rates,
                 rate_duration: std::time::Duration::from_secs(rate_seconds),
                 timeout: std::time::Duration::from_secs(timeout),
             };
-            let figures = speed_layer::bench_e2e::run(&cfg, &opts).await?;
+            let figures = speed_layer::tools::bench_e2e::run(&cfg, &opts).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
         Command::Bench {
             which: BenchCommand::Sink { files, rows, dir },
         } => {
-            let figures = speed_layer::bench_sink::run(&cfg, &files, rows, &dir).await?;
+            let figures = speed_layer::tools::bench_sink::run(&cfg, &files, rows, &dir).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
         Command::Bench { .. } => unreachable!("handled before the runtime starts"),
     }
-}
-
-async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
-    let addr = common::telemetry::listen_addr("speed.metrics_listen", &cfg.speed.metrics_listen)?;
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .context("prometheus exporter")?;
-    speed_layer::service::run(cfg, common::shutdown::on_signal()).await
 }

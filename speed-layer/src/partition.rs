@@ -14,19 +14,20 @@ use common::config::{Config, duration_ms};
 use common::day::now_ms;
 use common::decode::{Limits, RejectReason, Rejection, decode};
 use common::event::TopicKind;
-use common::kafka::DlqSource;
 use common::redis_keys::Keys;
 use common::telemetry::{
     CLICKS_TRACKED, DUPLICATES_DROPPED, EFFECTS_ATTRIBUTED, EFFECTS_PENDING, EVENTS_CONSUMED,
     EVENTS_PROCESSED, FLUSHES_FENCED, LATE_EVENTS, WATERMARK_LAG, WINDOW_FLUSH_DURATION,
     WINDOWS_CLOSED,
 };
+use platform::db::DbError;
+use platform::kafka::DlqSource;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::clickhouse_sink::SinkHandle;
+use crate::clickhouse_sink::{SinkError, SinkHandle};
 use crate::dims::DimCache;
 use crate::dlq::{DeadLetters, DlqError};
 use crate::pipeline::processor::{Message, Outcome, Processor, ProcessorConfig, Stats};
@@ -54,7 +55,7 @@ pub struct Shared {
     /// Redis key builder.
     pub keys: Keys,
     /// Redis connection (single server or cluster; multiplexed, reconnecting).
-    pub redis: common::redis_conn::RedisConn,
+    pub redis: platform::redis_conn::RedisConn,
     /// Dimension caches.
     pub dims: DimCache,
     /// Producer for dead letters.
@@ -74,8 +75,12 @@ pub enum PartitionError {
     #[error(transparent)]
     Dlq(#[from] DlqError),
     /// The ClickHouse sink refused rows (its journal could not be written).
-    #[error("clickhouse sink: {0}")]
-    Sink(String),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// MySQL refused a dimension lookup with an error a retry cannot cure (a missing
+    /// table or column, access denied): the operator must fix the database.
+    #[error("dimension lookup: {0}")]
+    Dimensions(#[source] DbError),
 }
 
 /// How a partition task ended.
@@ -213,11 +218,12 @@ impl Task {
                 .resolve(decoded.iter().filter_map(|d| d.as_ref().ok()))
         })
         .retry(backoff())
+        .when(DbError::is_retriable)
         .notify(
             |e, d| tracing::warn!(error = %e, retry_in = ?d, "dimension lookup failed; retrying"),
         )
         .await
-        .map_err(|e| PartitionError::Sink(format!("unreachable: retries never end: {e}")))?;
+        .map_err(PartitionError::Dimensions)?;
         let p = self.own.partition;
         // The decoded events go through the core's stages as one batch; their
         // outcomes come back in order, to be merged with the decode rejections.
@@ -281,7 +287,7 @@ impl Task {
         if let Some(sink) = &self.shared.sink {
             let rows = self.proc.take_details();
             if !rows.is_empty() {
-                sink.push(rows).await.map_err(PartitionError::Sink)?;
+                sink.push(rows).await?;
             }
         }
         self.report();
@@ -344,7 +350,7 @@ impl Task {
         if let Some(sink) = &self.shared.sink {
             // Detail rows of everything consumed so far must be durable before the
             // offsets that cover them are.
-            sink.barrier().await.map_err(PartitionError::Sink)?;
+            sink.barrier().await?;
         }
         let mut flush = self.proc.take_flush(close_all);
         self.sent_users.filter(&mut flush.days.users);

@@ -1,7 +1,9 @@
 //! The speed layer as one call: connects to MySQL, Redis, Kafka and ClickHouse as the
-//! configuration says, consumes until `shutdown`, then drains (partitions flush, the
-//! ClickHouse sink inserts its last batch). `speed-layer run` calls it after installing
-//! the Prometheus exporter; `bench e2e` runs it in-process.
+//! configuration says, consumes until `shutdown`, then drains in order (partitions
+//! flush, then the ClickHouse sink inserts its last batch), the whole drain within
+//! `speed.shutdown_timeout` of the signal. `speed-layer run` calls [`run`] (which
+//! installs the Prometheus exporter); `bench e2e` runs [`run_without_exporter`]
+//! in-process.
 
 use std::sync::Arc;
 
@@ -14,24 +16,44 @@ use crate::clickhouse_sink;
 use crate::dims::DimCache;
 use crate::partition::Shared;
 
-/// Runs the speed layer until `shutdown` fires or a partition fails.
+/// Serves Prometheus metrics on `speed.metrics_listen`, then runs the speed layer
+/// until `shutdown` fires or a partition fails ([`run_without_exporter`]).
+///
+/// # Errors
+///
+/// When the metrics address cannot be served, and as [`run_without_exporter`].
+pub async fn run(cfg: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let addr = platform::telemetry::listen_addr("speed.metrics_listen", &cfg.speed.metrics_listen)?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .context("prometheus exporter")?;
+    run_without_exporter(cfg, shutdown).await
+}
+
+/// Runs the speed layer until `shutdown` fires or a partition fails, recording
+/// metrics into whatever recorder the process has.
 ///
 /// # Errors
 ///
 /// When a service is unreachable at start (MySQL pool, Redis, the ClickHouse schema),
-/// or a partition task fails (the process should exit and be restarted; state is in
-/// Redis).
-pub async fn run(cfg: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = common::db::pool(&cfg.mysql)?;
+/// a partition task fails (the process should exit and be restarted; state is in
+/// Redis), or the drain outlasts `speed.shutdown_timeout` (what it did not flush
+/// resumes from Redis and the sink's journal at the next start).
+pub async fn run_without_exporter(
+    cfg: Arc<Config>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = platform::db::pool(&cfg.mysql)?;
     let dims = DimCache::new(
         pool.clone(),
         cfg.speed.dims_cache_capacity,
         cfg.speed.dims_cache_ttl,
     );
-    let redis = common::redis_conn::RedisConn::connect(&cfg.redis)
+    let redis = platform::redis_conn::RedisConn::connect(&cfg.redis)
         .await
         .context("connecting to Redis (redis.url / redis.cluster_nodes)")?;
-    let producer = common::kafka::producer_config(&cfg.kafka)
+    let producer = platform::kafka::producer_config(&cfg.kafka)
         .create()
         .context("kafka producer")?;
     let sink_stop = CancellationToken::new();
@@ -52,10 +74,22 @@ pub async fn run(cfg: Arc<Config>, shutdown: CancellationToken) -> anyhow::Resul
         producer,
         sink,
     };
-    let result = crate::consumer::run(Arc::clone(&cfg), shared, shutdown).await;
-    // Partitions have drained; let the sink seal and insert its last batch.
-    sink_stop.cancel();
-    while sink_tasks.join_next().await.is_some() {}
+    // The sink stops after the partitions (it must take their last rows), so its
+    // token is cancelled when they have drained, not by the signal.
+    let work = async {
+        let result = crate::consumer::run(Arc::clone(&cfg), shared, shutdown.child_token()).await;
+        sink_stop.cancel();
+        while sink_tasks.join_next().await.is_some() {}
+        result
+    };
+    let result = platform::shutdown::drain_within(&shutdown, cfg.speed.shutdown_timeout, work)
+        .await
+        .unwrap_or_else(|| {
+            Err(anyhow::anyhow!(
+                "the shutdown drain outlasted speed.shutdown_timeout ({:?}); what was not flushed resumes from Redis and the ClickHouse journal at the next start",
+                cfg.speed.shutdown_timeout
+            ))
+        });
     pool.disconnect().await.ok();
     result
 }

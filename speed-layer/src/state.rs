@@ -13,10 +13,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::state_keys::StateKeys;
 use common::counters::Counters;
+use common::counters::UvScope;
 use common::day::{DayNum, date_of};
 use common::event::{DAY_MS, TopicKind};
-use common::redis_keys::{AS_OF_FIELD, Keys, UvScope, field};
+use common::redis_keys::{AS_OF_FIELD, Keys, field};
 use redis::aio::ConnectionLike;
 use rustc_hash::FxHashMap;
 
@@ -63,7 +65,7 @@ pub enum StateError {
         /// Redis's message.
         detail: String,
     },
-    /// Redis failed (retriable).
+    /// Redis failed ([`StateError::is_retriable`] tells whether a retry may cure it).
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     /// Stored state does not decode.
@@ -78,9 +80,15 @@ pub enum StateError {
 }
 
 impl StateError {
-    /// True for failures a retry may cure (Redis down, timeouts).
+    /// True for failures a retry may cure, by the Redis error's kind: the connection
+    /// (refused, dropped, timed out), a server loading its AOF or failing over, a
+    /// cluster redirect. Not a script or command error (a bug a retry repeats), nor
+    /// fencing, divergence or corrupt state.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, StateError::Redis(_))
+        match self {
+            StateError::Redis(e) => !matches!(e.retry_method(), redis::RetryMethod::NoRetry),
+            _ => false,
+        }
     }
 }
 
@@ -465,19 +473,15 @@ pub async fn write_flush<C: ConnectionLike + Send>(
             own.flush_seq += 1;
             Ok(())
         }
-        Err(e) => {
-            let msg = e.to_string();
-            if msg.contains("FENCED") {
-                Err(StateError::Fenced(own.partition))
-            } else if msg.contains("CONFLICT") {
-                Err(StateError::Diverged {
-                    partition: own.partition,
-                    detail: msg,
-                })
-            } else {
-                Err(StateError::Redis(e))
-            }
-        }
+        // The script's own refusals are error replies with codes of their own.
+        Err(e) => match e.code() {
+            Some("FENCED") => Err(StateError::Fenced(own.partition)),
+            Some("CONFLICT") => Err(StateError::Diverged {
+                partition: own.partition,
+                detail: e.to_string(),
+            }),
+            _ => Err(StateError::Redis(e)),
+        },
     }
 }
 
@@ -485,6 +489,30 @@ pub async fn write_flush<C: ConnectionLike + Send>(
 mod tests {
     use super::*;
     use crate::pipeline::windows::{AdDay, DayDeltas, UvEntry, Window};
+
+    #[test]
+    fn redis_errors_are_retried_by_kind() {
+        let refused =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(StateError::Redis(refused).is_retriable(), "Redis down");
+        let loading = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+            "Redis is loading the dataset in memory",
+        ));
+        assert!(
+            StateError::Redis(loading).is_retriable(),
+            "restarting from its AOF"
+        );
+        let script = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "Error running script",
+        ));
+        assert!(
+            !StateError::Redis(script).is_retriable(),
+            "a script error repeats"
+        );
+        assert!(!StateError::Fenced(3).is_retriable());
+    }
     use common::counters::Measure;
 
     #[test]

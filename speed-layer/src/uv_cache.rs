@@ -49,7 +49,7 @@ impl SentUsers {
 
 #[cfg(test)]
 mod tests {
-    use common::redis_keys::UvScope;
+    use common::counters::UvScope;
 
     use super::*;
 

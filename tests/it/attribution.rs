@@ -62,7 +62,7 @@ async fn wait_consumed(env: &TestEnv) {
         Duration::from_secs(60),
         "speed layer to consume",
         || async {
-            speed_layer::status::read(&env.cfg)
+            speed_layer::tools::status::read(&env.cfg)
                 .await
                 .is_ok_and(|s| s.iter().all(|p| p.lag() == 0))
         },
@@ -165,7 +165,7 @@ async fn attribution_edge_cases_through_the_speed_layer() {
         order("o4", "u4", o4, P1),
         order("o7", "u7", o7, P1),
     ];
-    let producer: FutureProducer = common::kafka::producer_config(&env.cfg.kafka)
+    let producer: FutureProducer = platform::kafka::producer_config(&env.cfg.kafka)
         .create()
         .unwrap();
     produce(&env, &producer, &clicks_first).await;
@@ -173,7 +173,7 @@ async fn attribution_edge_cases_through_the_speed_layer() {
     wait_consumed(&env).await;
     produce(&env, &producer, &orders).await;
     wait_consumed(&env).await;
-    let s = speed_layer::status::read(&env.cfg).await.unwrap();
+    let s = speed_layer::tools::status::read(&env.cfg).await.unwrap();
     assert_eq!(
         s[0].pending_effects,
         6,
@@ -191,7 +191,7 @@ async fn attribution_edge_cases_through_the_speed_layer() {
     ];
     produce(&env, &producer, &phase2).await;
     wait_consumed(&env).await;
-    let s = speed_layer::status::read(&env.cfg).await.unwrap();
+    let s = speed_layer::tools::status::read(&env.cfg).await.unwrap();
     assert!(
         s[0].open_windows > 0,
         "the newest window is still open (idle timeout 1 h)"
@@ -205,7 +205,7 @@ async fn attribution_edge_cases_through_the_speed_layer() {
         "speed layer exits cleanly on SIGTERM: {status:?}\n{}",
         env.log("speed")
     );
-    let s = speed_layer::status::read(&env.cfg).await.unwrap();
+    let s = speed_layer::tools::status::read(&env.cfg).await.unwrap();
     assert!(s[0].settled(), "everything written after SIGTERM: {s:?}");
 
     env.start_server().await;

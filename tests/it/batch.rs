@@ -268,7 +268,7 @@ async fn late_data_for_a_final_day_is_archived_noticed_and_revised() {
         r#"{{"kind":"click","event_id":"late-1","ts":{late_ts},"user_id":"late-user","ad_id":{ad},"advertiser_id":{adv},"product_id":{adv},"cost_micros":4242}}"#
     );
     let producer: rdkafka::producer::FutureProducer =
-        common::kafka::producer_config(&env.cfg.kafka)
+        platform::kafka::producer_config(&env.cfg.kafka)
             .create()
             .unwrap();
     producer
@@ -543,13 +543,13 @@ async fn five_percent_duplicate_event_ids_count_once_on_every_path() {
     env.cfg.batch.archive_max_age = Duration::from_millis(500);
     let r = env.replay(20_000).await;
     let producer: rdkafka::producer::FutureProducer =
-        common::kafka::producer_config(&env.cfg.kafka)
+        platform::kafka::producer_config(&env.cfg.kafka)
             .create()
             .unwrap();
     let duplicates: Vec<common::event::Event<'static>> =
         r.events.iter().step_by(20).cloned().collect();
     // Sent as the replay sends events: keyed by user, to the topic of their kind.
-    speed_layer::replay::produce(&env.cfg, &producer, &duplicates, 0.0, false, |_| {})
+    speed_layer::tools::replay::produce(&env.cfg, &producer, &duplicates, 0.0, false, |_| {})
         .await
         .expect("duplicates produced");
     env.spawn("speed", "speed-layer", &["run"]);

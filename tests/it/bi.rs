@@ -86,7 +86,7 @@ async fn the_analyst_queries_of_docs_bi_md_answer_from_the_raw_events() {
         .unwrap()
         .clone();
     let extra = chains(&base, base.ts - 10 * 60_000);
-    let producer: FutureProducer = common::kafka::producer_config(&env.cfg.kafka)
+    let producer: FutureProducer = platform::kafka::producer_config(&env.cfg.kafka)
         .create()
         .unwrap();
     for e in &extra {
@@ -105,7 +105,9 @@ async fn the_analyst_queries_of_docs_bi_md_answer_from_the_raw_events() {
     let mut events = r.events.clone();
     events.extend(extra);
     env.spawn("speed", "speed-layer", &["run"]);
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(180)).await {
+    if let Err(e) =
+        speed_layer::tools::status::wait_settled(&env.cfg, Duration::from_secs(180)).await
+    {
         panic!("{e}\n{}", env.log("speed"));
     }
     let unique: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_ref()).collect();
@@ -443,7 +445,9 @@ async fn clickhouse_down_past_the_retries_spills_and_replay_spill_loads_every_ev
     tokio::time::sleep(Duration::from_secs(3)).await;
     own.start().await;
     env.wait_replay_done(Duration::from_secs(120)).await;
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(120)).await {
+    if let Err(e) =
+        speed_layer::tools::status::wait_settled(&env.cfg, Duration::from_secs(120)).await
+    {
         panic!("{e}\n{}", env.log("speed"));
     }
     // The sink has written what came after the restart; the spilled batches wait.
@@ -654,7 +658,9 @@ async fn a_shard_that_is_down_spills_only_its_own_rows_and_replay_spill_loads_th
     env.wait_partitions_taken("speed", 0).await; // schema created on both shards
     shards.kill_server(1);
     let events = env.replay(4_000).await.events;
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(120)).await {
+    if let Err(e) =
+        speed_layer::tools::status::wait_settled(&env.cfg, Duration::from_secs(120)).await
+    {
         panic!("{e}\n{}", env.log("speed"));
     }
     let of_shard = |i: usize| {

@@ -15,7 +15,7 @@ const ROWS: usize = 30_000;
 /// The slice spans about 72 hours of event time; at this factor it plays in ~86 s.
 const SPEED: u32 = 3000;
 /// How long the broker stays dead before it is started again. The replay's producer
-/// holds its messages up to `message.timeout.ms` (60 s, `common::kafka::producer_config`)
+/// holds its messages up to `message.timeout.ms` (60 s, `platform::kafka::producer_config`)
 /// across the outage and the broker's restart.
 const DEAD: Duration = Duration::from_secs(5);
 /// How long consumers may take to consume again once the broker answers: librdkafka

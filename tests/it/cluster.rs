@@ -63,7 +63,9 @@ async fn sigkilled_speed_layer_on_redis_cluster_matches_single_redis() {
     let mut cluster_cfg = env.cfg.clone();
     cluster_cfg.redis.cluster_nodes = cluster.nodes.iter().map(|n| n.as_str().into()).collect();
     for (cfg, name) in [(&env.cfg, "speed-single"), (&cluster_cfg, "speed-cluster")] {
-        if let Err(e) = speed_layer::status::wait_settled(cfg, Duration::from_secs(240)).await {
+        if let Err(e) =
+            speed_layer::tools::status::wait_settled(cfg, Duration::from_secs(240)).await
+        {
             panic!("{name}: {e}\n{}", env.log(name));
         }
     }

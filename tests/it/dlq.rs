@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use admetrics_tests::{TestEnv, dataset_path, wait_until};
-use common::kafka::header_str;
 use mysql_async::prelude::Queryable;
+use platform::kafka::header_str;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -50,7 +50,7 @@ async fn poison_messages_land_in_the_dlq_with_their_reason_and_processing_contin
         ),
         ("unknown_ad", good("p5").replace("12497", "99999999")),
     ];
-    let producer: FutureProducer = common::kafka::producer_config(&env.cfg.kafka)
+    let producer: FutureProducer = platform::kafka::producer_config(&env.cfg.kafka)
         .create()
         .unwrap();
     let topic = env.cfg.kafka.traffic_topic.clone();
@@ -74,7 +74,9 @@ async fn poison_messages_land_in_the_dlq_with_their_reason_and_processing_contin
             .unwrap();
     }
     env.spawn("speed", "speed-layer", &["run"]);
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(120)).await {
+    if let Err(e) =
+        speed_layer::tools::status::wait_settled(&env.cfg, Duration::from_secs(120)).await
+    {
         panic!("{e}\n{}", env.log("speed"));
     }
     assert!(
@@ -107,9 +109,9 @@ async fn poison_messages_land_in_the_dlq_with_their_reason_and_processing_contin
     }
     // The two good clicks were counted besides the replayed ones.
     let day = common::day::today(now, chrono_tz::UTC);
-    let mut rows = common::dataset::read(&data).unwrap();
+    let mut rows = fixtures::dataset::read(&data).unwrap();
     rows.truncate(50);
-    let replayed: i64 = common::dataset::events(&rows, shift)
+    let replayed: i64 = fixtures::dataset::events(&rows, shift)
         .iter()
         .filter(|e| e.ad_id == Some(12_497) && common::day::today(e.ts, chrono_tz::UTC) == day)
         .count() as i64;
@@ -131,7 +133,7 @@ async fn poison_messages_land_in_the_dlq_with_their_reason_and_processing_contin
 /// A consumer of this test's dead-letter topic, from its start.
 fn dlq_reader(env: &TestEnv) -> StreamConsumer {
     let consumer: StreamConsumer =
-        common::kafka::consumer_config(&env.cfg.kafka, &format!("{}-dlq-reader", env.id))
+        platform::kafka::consumer_config(&env.cfg.kafka, &format!("{}-dlq-reader", env.id))
             .create()
             .unwrap();
     consumer.subscribe(&[&env.cfg.kafka.dlq_topic]).unwrap();
@@ -153,7 +155,9 @@ async fn clicks_today(env: &TestEnv, ad: i64) -> i64 {
 }
 
 async fn settle(env: &TestEnv) {
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(120)).await {
+    if let Err(e) =
+        speed_layer::tools::status::wait_settled(&env.cfg, Duration::from_secs(120)).await
+    {
         panic!("{e}\n{}", env.log("speed"));
     }
 }
@@ -185,7 +189,7 @@ async fn a_fixed_poison_message_is_redriven_from_the_dlq_and_counted_once() {
     let click = format!(
         r#"{{"kind":"click","event_id":"late-ad-1","ts":{now},"user_id":"u-late","ad_id":{NEW_AD},"advertiser_id":12,"product_id":12,"cost_micros":2500}}"#
     );
-    let producer: FutureProducer = common::kafka::producer_config(&env.cfg.kafka)
+    let producer: FutureProducer = platform::kafka::producer_config(&env.cfg.kafka)
         .create()
         .unwrap();
     producer
@@ -253,11 +257,11 @@ async fn poison_at_one_percent_of_a_full_replay_is_all_dead_lettered_and_no_even
     const ROWS: usize = 100_000;
     let mut env = TestEnv::new(2).await;
     let data = dataset_path();
-    let mut rows = common::dataset::read(&data).unwrap();
+    let mut rows = fixtures::dataset::read(&data).unwrap();
     rows.truncate(ROWS);
     let now = common::day::now_ms();
-    let shift = common::dataset::shift_days(&rows, now, false);
-    let events = common::dataset::events(&rows, shift);
+    let shift = fixtures::dataset::shift_days(&rows, now, false);
+    let events = fixtures::dataset::events(&rows, shift);
     // A real ad, and an advertiser other than its own, from the replayed dimensions.
     let click = events
         .iter()
@@ -346,7 +350,7 @@ async fn poison_at_one_percent_of_a_full_replay_is_all_dead_lettered_and_no_even
         },
     )
     .await;
-    let producer: FutureProducer = common::kafka::producer_config(&env.cfg.kafka)
+    let producer: FutureProducer = platform::kafka::producer_config(&env.cfg.kafka)
         .create()
         .unwrap();
     let topic = env.cfg.kafka.traffic_topic.clone();

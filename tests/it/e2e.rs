@@ -16,7 +16,9 @@ async fn replayed_slice_matches_the_data_set_for_every_advertiser_and_day() {
     // mapping (TestEnv::replay checks their count against the replay's summary).
     let events = env.replay(ROWS).await.events;
     env.spawn("speed", "speed-layer", &["run"]);
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(180)).await {
+    if let Err(e) =
+        speed_layer::tools::status::wait_settled(&env.cfg, Duration::from_secs(180)).await
+    {
         panic!("{e}\nspeed layer log:\n{}", env.log("speed"));
     }
     env.start_server().await;

@@ -211,7 +211,7 @@ async fn a_day_waits_for_a_lagging_archiver_and_turns_final_when_it_catches_up()
     // Traffic arrives while the archiver is down: the archive is behind the end of
     // `last` on the partitions that receive it.
     let producer: rdkafka::producer::FutureProducer =
-        common::kafka::producer_config(&env.cfg.kafka)
+        platform::kafka::producer_config(&env.cfg.kafka)
             .create()
             .unwrap();
     let (adv, ad) = (r.events[0].advertiser_id, r.events[0].ad_id.unwrap());

@@ -149,7 +149,13 @@ fn exported_metrics() -> std::collections::BTreeSet<String> {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
-    for krate in ["common", "speed-layer", "batch-layer", "serving-layer"] {
+    for krate in [
+        "common",
+        "platform",
+        "speed-layer",
+        "batch-layer",
+        "serving-layer",
+    ] {
         walk(&root.join(krate).join("src"), &mut files);
     }
     let mut names = std::collections::BTreeSet::new();
@@ -232,4 +238,41 @@ fn the_grafana_dashboard_shows_every_exported_metric_and_names_no_other() {
         unknown.is_empty(),
         "alerts on metrics nobody exports: {unknown:?}"
     );
+}
+
+/// `common` is the contract (issue 18): nothing in its dependency tree talks to a
+/// service or runs one; connections live in `platform`.
+#[test]
+fn the_contract_crate_depends_on_no_service_client() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["tree", "--locked", "-p", "admetrics-common", "-e", "normal"])
+        .args(["--prefix", "none"])
+        .current_dir(&root)
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8(out.stdout).unwrap();
+    let crates: std::collections::BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(crates.contains("admetrics-common"), "{tree}");
+    for io in [
+        "redis",
+        "mysql_async",
+        "rdkafka",
+        "metrics-exporter-prometheus",
+        "tokio",
+    ] {
+        assert!(
+            !crates.contains(io),
+            "admetrics-common depends on {io}:\n{tree}"
+        );
+    }
 }

@@ -150,7 +150,9 @@ async fn a_provisional_day_follows_each_flush_within_the_bound_and_equals_the_pa
 
     // Settled: every day of every grouping equals the partition sums exactly, and the
     // UV is the one the per-partition HyperLogLogs give.
-    if let Err(e) = speed_layer::status::wait_settled(&env.cfg, Duration::from_secs(180)).await {
+    if let Err(e) =
+        speed_layer::tools::status::wait_settled(&env.cfg, Duration::from_secs(180)).await
+    {
         panic!("{e}\n{}", env.log("speed"));
     }
     tokio::time::sleep(bound + SLACK).await;
@@ -180,7 +182,7 @@ async fn a_provisional_day_follows_each_flush_within_the_bound_and_equals_the_pa
         let mut hll = 0;
         for p in 0..env.cfg.kafka.partitions {
             let n: i64 = redis::cmd("PFCOUNT")
-                .arg(keys.uv(p, d, common::redis_keys::UvScope::Advertiser(adv)))
+                .arg(keys.uv(p, d, common::counters::UvScope::Advertiser(adv)))
                 .query_async(&mut r)
                 .await
                 .unwrap();

@@ -172,6 +172,59 @@ async fn server_with_keys() -> (TestEnv, i64, i64, String, String, String) {
     (env, a, b, ka, kb, ki)
 }
 
+/// The serving layer as a library (issue 18): started in-process through its entry
+/// point on a listener the test bound, it answers as the binary does (tenancy by key,
+/// JSON errors) and returns once its shutdown token fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_layer_runs_in_process_through_its_library_entry_point() {
+    let env = TestEnv::new(1).await;
+    let r = env.replay(300).await;
+    let mut advs: Vec<i64> = r.events.iter().map(|e| e.advertiser_id).collect();
+    advs.sort_unstable();
+    advs.dedup();
+    let (a, b) = (advs[0], advs[advs.len() - 1]);
+    let key = env.api_key(&["--advertiser", &a.to_string()]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(serving_layer::service::serve(
+        env.cfg.clone(),
+        listener,
+        None,
+        shutdown.clone(),
+    ));
+    admetrics_tests::wait_until(
+        Duration::from_secs(30),
+        "the in-process server answers",
+        || {
+            let url = format!("{base}/healthz");
+            async move { get_json(&url, None).await.0 == 200 }
+        },
+    )
+    .await;
+    let (s, me) = get_json(&format!("{base}/v1/me"), Some(&key)).await;
+    assert_eq!((s, me["advertiser_id"].as_i64()), (200, Some(a)), "{me}");
+    for url in endpoints(&base, a) {
+        assert_eq!(get_json(&url, Some(&key)).await.0, 200, "{url}");
+    }
+    let (s, body) = get_json(&endpoints(&base, b)[0], Some(&key)).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+
+    shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("the server returns after shutdown");
+    ended.unwrap().expect("a clean stop");
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "nothing listens after the stop"
+    );
+}
+
 fn endpoints(base: &str, adv: i64) -> Vec<String> {
     vec![
         format!("{base}/v1/advertisers/{adv}/metrics?from=2026-11-01&to=2026-11-02"),

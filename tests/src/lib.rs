@@ -155,8 +155,8 @@ impl TestEnv {
             .expect("create test database");
         drop(conn);
         admin.disconnect().await.ok();
-        let pool = common::db::pool(&cfg.mysql).expect("pool");
-        common::db::migrate(&pool).await.expect("schema");
+        let pool = platform::db::pool(&cfg.mysql).expect("pool");
+        platform::db::migrate(&pool).await.expect("schema");
         pool.disconnect().await.ok();
         // ClickHouse
         if let Err(e) = speed_layer::clickhouse_sink::migrate(&cfg.clickhouse).await {
@@ -166,7 +166,7 @@ impl TestEnv {
         let k = &cfg.kafka;
         match tokio::time::timeout(
             Duration::from_secs(20),
-            common::kafka::create_topics(
+            platform::kafka::create_topics(
                 k,
                 &[&k.traffic_topic, &k.effects_topic, &k.dlq_topic],
                 partitions,
@@ -350,7 +350,7 @@ impl TestEnv {
 
     /// A MySQL pool on this test's database.
     pub fn mysql(&self) -> mysql_async::Pool {
-        common::db::pool(&self.cfg.mysql).expect("pool")
+        platform::db::pool(&self.cfg.mysql).expect("pool")
     }
 
     /// A Redis connection.
@@ -646,12 +646,12 @@ impl TestEnv {
             rows.to_string(),
         ];
         if self.data_ends_days_ago > 0 {
-            let mut r = common::dataset::read(&data).expect("data set");
+            let mut r = fixtures::dataset::read(&data).expect("data set");
             r.truncate(rows);
             let day_ms = common::event::DAY_MS;
             let today = common::day::now_ms().div_euclid(day_ms);
             let end = (today - self.data_ends_days_ago + 1) * day_ms - 1;
-            let shift = common::dataset::shift_days(&r, end, false);
+            let shift = fixtures::dataset::shift_days(&r, end, false);
             args.extend(["--shift".to_owned(), shift.to_string()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -659,9 +659,9 @@ impl TestEnv {
         let summary: serde_json::Value =
             serde_json::from_str(&out).expect("replay prints a JSON summary");
         let shift = summary["shift_days"].as_i64().expect("shift_days");
-        let mut r = common::dataset::read(&data).expect("data set");
+        let mut r = fixtures::dataset::read(&data).expect("data set");
         r.truncate(rows);
-        let events = common::dataset::events(&r, shift);
+        let events = fixtures::dataset::events(&r, shift);
         assert_eq!(summary["events"].as_u64(), Some(events.len() as u64));
         Replayed { summary, events }
     }
@@ -675,7 +675,8 @@ impl TestEnv {
         let r = self.replay(rows).await;
         self.spawn("speed", "speed-layer", &["run"]);
         self.start_archiver();
-        if let Err(e) = speed_layer::status::wait_settled(&self.cfg, Duration::from_secs(180)).await
+        if let Err(e) =
+            speed_layer::tools::status::wait_settled(&self.cfg, Duration::from_secs(180)).await
         {
             panic!("{e}\n{}", self.log("speed"));
         }
@@ -745,9 +746,9 @@ impl TestEnv {
         speed: u32,
     ) -> Vec<common::event::Event<'static>> {
         let data = dataset_path();
-        let mut r = common::dataset::read(&data).expect("data set");
+        let mut r = fixtures::dataset::read(&data).expect("data set");
         r.truncate(rows);
-        let shift = common::dataset::shift_days(&r, common::day::now_ms(), false);
+        let shift = fixtures::dataset::shift_days(&r, common::day::now_ms(), false);
         self.spawn(
             "replay",
             "speed-layer",
@@ -763,7 +764,7 @@ impl TestEnv {
                 &shift.to_string(),
             ],
         );
-        common::dataset::events(&r, shift)
+        fixtures::dataset::events(&r, shift)
     }
 
     /// Waits until the child `replay` has exited; panics after `timeout`.
@@ -794,7 +795,8 @@ impl TestEnv {
         events: &[common::event::Event<'static>],
         logs: &[&str],
     ) {
-        if let Err(e) = speed_layer::status::wait_settled(&self.cfg, Duration::from_secs(240)).await
+        if let Err(e) =
+            speed_layer::tools::status::wait_settled(&self.cfg, Duration::from_secs(240)).await
         {
             let logs: Vec<String> = logs
                 .iter()
@@ -844,7 +846,7 @@ pub fn days_of(events: &[common::event::Event<'_>]) -> (chrono::NaiveDate, chron
 
 /// How long a surviving group member may take to own a dead member's partitions: the
 /// broker expires the member after `session.timeout.ms` (10 s,
-/// `common::kafka::consumer_config`), then the group rebalances (the survivor hears of
+/// `platform::kafka::consumer_config`), then the group rebalances (the survivor hears of
 /// it with its next heartbeat, 1 s) and the survivor loads the partitions' state.
 pub const FAILOVER: Duration = Duration::from_secs(30);
 

@@ -147,7 +147,7 @@ pub enum RecomputeError {
     Mysql(#[from] mysql_async::Error),
     /// Dimension tables could not be read.
     #[error("dimensions: {0}")]
-    Dims(#[from] common::db::DbError),
+    Dims(#[from] platform::db::DbError),
     /// A worker panicked (a bug).
     #[error("recompute worker failed: {0}")]
     Worker(String),
@@ -218,7 +218,7 @@ pub async fn run_day(
     now_ms: i64,
     progress: Progress,
 ) -> Result<DaySummary, RecomputeError> {
-    let dims = Arc::new(common::dims::load_all(pool).await?);
+    let dims = Arc::new(platform::dims::load_all(pool).await?);
     let zones = finality::zone_days(day, &dims, opts.late_allowance);
     let first_close = zones.first().map_or(i64::MAX, |z| z.closes_at_ms);
     // A day open everywhere is refused without asking Kafka (`recompute --day today`).

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::pipeline::detail::DetailRow;
 
+use super::error::SinkError;
 use super::journal::{count_lines, read_rows};
 use super::schema::DETAIL_TABLE;
 
@@ -71,43 +72,114 @@ pub(super) async fn insert_or_spill(
 }
 
 /// Inserts one file's rows in one INSERT, retrying with exponential backoff up to
-/// `cfg.max_attempts` attempts. Returns the row count.
+/// `cfg.max_attempts` attempts while the error is retriable
+/// ([`SinkError::is_retriable`]). Returns the row count.
 ///
 /// # Errors
 ///
-/// The last error once attempts are spent (or the file is unreadable).
+/// The last error once attempts are spent, the first one that is not retriable, or
+/// [`SinkError::BadFile`] when the file is unreadable.
 pub async fn insert_file(
     client: &clickhouse::Client,
     cfg: &ClickHouseConfig,
     file: &Path,
-) -> Result<usize, String> {
+) -> Result<usize, SinkError> {
     let rows = read_rows(file).await?;
     if rows.is_empty() {
         return Ok(0);
     }
-    let attempt = || async {
+    with_retries(cfg, file, || async {
         let mut ins = client.insert::<DetailRow>(DETAIL_TABLE).await?;
         for r in &rows {
             ins.write(r).await?;
         }
         ins.end().await
-    };
-    attempt
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(cfg.retry_min_delay)
-                .with_max_delay(cfg.retry_max_delay)
-                .with_max_times(cfg.max_attempts.saturating_sub(1))
-                .with_jitter(),
-        )
-        .notify(|e, d| {
-            metrics::counter!(CLICKHOUSE_INSERT_ERRORS).increment(1);
-            tracing::warn!(error = %e, retry_in = ?d, file = %file.display(), "ClickHouse insert failed; retrying");
-        })
-        .await
-        .map_err(|e| {
-            metrics::counter!(CLICKHOUSE_INSERT_ERRORS).increment(1);
-            e.to_string()
-        })?;
+    })
+    .await?;
     Ok(rows.len())
+}
+
+/// Runs `attempt` until it succeeds, its error is not retriable, or
+/// `cfg.max_attempts` attempts are spent; counts and logs each failure.
+async fn with_retries<F, Fut>(
+    cfg: &ClickHouseConfig,
+    file: &Path,
+    attempt: F,
+) -> Result<(), SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), clickhouse::error::Error>>,
+{
+    let mut attempt = attempt;
+    (|| {
+        let once = attempt();
+        async move { once.await.map_err(SinkError::from) }
+    })
+    .retry(
+        ExponentialBuilder::default()
+            .with_min_delay(cfg.retry_min_delay)
+            .with_max_delay(cfg.retry_max_delay)
+            .with_max_times(cfg.max_attempts.saturating_sub(1))
+            .with_jitter(),
+    )
+    .when(SinkError::is_retriable)
+    .notify(|e, d| {
+        metrics::counter!(CLICKHOUSE_INSERT_ERRORS).increment(1);
+        tracing::warn!(error = %e, retry_in = ?d, file = %file.display(), "ClickHouse insert failed; retrying");
+    })
+    .await
+    .inspect_err(|e| {
+        metrics::counter!(CLICKHOUSE_INSERT_ERRORS).increment(1);
+        if !e.is_retriable() {
+            tracing::error!(error = %e, file = %file.display(), "ClickHouse refused the insert with an error a retry cannot cure; not retrying");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use clickhouse::error::Error as Ch;
+
+    use super::*;
+
+    /// How many attempts `with_retries` makes when every attempt fails with `error`.
+    async fn attempts_on(error: fn() -> Ch) -> usize {
+        let cfg = ClickHouseConfig {
+            max_attempts: 4,
+            retry_min_delay: Duration::from_millis(1),
+            retry_max_delay: Duration::from_millis(2),
+            ..ClickHouseConfig::default()
+        };
+        let n = AtomicUsize::new(0);
+        let r = with_retries(&cfg, Path::new("batch.jsonl"), || {
+            n.fetch_add(1, Ordering::Relaxed);
+            async move { Err(error()) }
+        })
+        .await;
+        assert!(r.is_err());
+        n.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_schema_error_is_tried_once_and_a_timeout_until_attempts_are_spent() {
+        let schema = || {
+            Ch::BadResponse(
+                "Code: 60, e.displayText() = DB::Exception: Table admetrics.events doesn't exist."
+                    .into(),
+            )
+        };
+        assert_eq!(
+            attempts_on(schema).await,
+            1,
+            "a schema error is not retried"
+        );
+        assert_eq!(
+            attempts_on(|| Ch::TimedOut).await,
+            4,
+            "a timeout is retried"
+        );
+    }
 }

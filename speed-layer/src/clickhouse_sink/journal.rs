@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::detail::DetailRow;
 
+use super::error::SinkError;
 use super::{SinkDirs, SinkMsg};
 
 /// The shard's journal writer: appends rows to `current.jsonl`, seals it into a
@@ -38,7 +39,7 @@ impl Batcher {
                 msg = rx.recv() => match msg {
                     Some(SinkMsg::Rows(rows)) => self.append(&rows).await?,
                     Some(SinkMsg::Barrier(reply)) => {
-                        let r = self.sync().await.map_err(|e| e.to_string());
+                        let r = self.sync().await.map_err(SinkError::Journal);
                         let _ = reply.send(r);
                     }
                     None => break,
@@ -56,7 +57,7 @@ impl Batcher {
                         match msg {
                             SinkMsg::Rows(rows) => self.append(&rows).await?,
                             SinkMsg::Barrier(reply) => {
-                                let _ = reply.send(self.sync().await.map_err(|e| e.to_string()));
+                                let _ = reply.send(self.sync().await.map_err(SinkError::Journal));
                             }
                         }
                     }
@@ -158,15 +159,17 @@ pub(super) async fn count_lines(file: &Path) -> std::io::Result<usize> {
 /// # Errors
 ///
 /// When the file cannot be read or a line is not a detail row.
-pub async fn read_rows(file: &Path) -> Result<Vec<DetailRow>, String> {
+pub async fn read_rows(file: &Path) -> Result<Vec<DetailRow>, SinkError> {
+    let bad = |detail: String| SinkError::BadFile {
+        file: file.to_owned(),
+        detail,
+    };
     let text = tokio::fs::read_to_string(file)
         .await
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+        .map_err(|e| bad(e.to_string()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", file.display(), i + 1))
-        })
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| bad(format!("line {}: {e}", i + 1))))
         .collect()
 }

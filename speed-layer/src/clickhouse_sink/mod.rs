@@ -6,7 +6,8 @@
 //!                               v
 //!                     journal/batch-<n>.jsonl ──> inserter: RowBinary INSERT, retried with backoff
 //!                                                   ├─ ok: delete the file
-//!                                                   └─ retries spent: move to spill/, alert
+//!                                                   └─ retries spent, or an error a retry
+//!                                                      cannot cure: move to spill/, alert
 //! ```
 //!
 //! Rows are journaled on local disk as they arrive, and a partition task's `barrier`
@@ -33,9 +34,11 @@
 //!
 //! - [`schema`]: the DDL, clients and the shard of a row.
 //! - `journal`: rows appended to local files and sealed into batches.
+//! - `error`: [`SinkError`], and which ClickHouse errors are retried (by server code).
 //! - `insert`: a sealed batch inserted with retries, or spilled.
 //! - [`spill`]: loading spilled files back (`speed-layer replay-spill`).
 
+mod error;
 mod insert;
 mod journal;
 pub mod schema;
@@ -52,6 +55,7 @@ use crate::pipeline::detail::DetailRow;
 use insert::inserter;
 use journal::{Batcher, batch_seq, list_jsonl};
 
+pub use error::{SinkError, server_code};
 pub use insert::insert_file;
 pub use journal::read_rows;
 pub use schema::{
@@ -61,7 +65,7 @@ pub use spill::replay_spill;
 
 enum SinkMsg {
     Rows(Vec<DetailRow>),
-    Barrier(oneshot::Sender<Result<(), String>>),
+    Barrier(oneshot::Sender<Result<(), SinkError>>),
 }
 
 /// Handle partition tasks use to hand rows to the sink (one channel per shard).
@@ -76,8 +80,8 @@ impl SinkHandle {
     /// # Errors
     ///
     /// When the sink task has stopped.
-    pub async fn push(&self, rows: Vec<DetailRow>) -> Result<(), String> {
-        let stopped = |_| "clickhouse sink stopped".to_owned();
+    pub async fn push(&self, rows: Vec<DetailRow>) -> Result<(), SinkError> {
+        let stopped = |_| SinkError::Stopped;
         if let [one] = self.shards.as_slice() {
             return one.send(SinkMsg::Rows(rows)).await.map_err(stopped);
         }
@@ -98,8 +102,8 @@ impl SinkHandle {
     /// # Errors
     ///
     /// When the journal cannot be written or the sink has stopped.
-    pub async fn barrier(&self) -> Result<(), String> {
-        let stopped = || "clickhouse sink stopped".to_owned();
+    pub async fn barrier(&self) -> Result<(), SinkError> {
+        let stopped = || SinkError::Stopped;
         let mut acks = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
             let (tx, rx) = oneshot::channel();

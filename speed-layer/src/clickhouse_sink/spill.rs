@@ -5,6 +5,7 @@ use std::path::Path;
 
 use common::config::ClickHouseConfig;
 
+use super::error::SinkError;
 use super::insert::insert_file;
 use super::journal::list_jsonl;
 use super::schema::client;
@@ -19,7 +20,7 @@ use super::shard_sinks;
 pub async fn replay_spill(
     cfg: &ClickHouseConfig,
     state_dir: &Path,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), SinkError> {
     let (mut n_files, mut n_rows) = (0, 0);
     for (shard, dirs) in shard_sinks(cfg, state_dir) {
         let (f, r) = replay_shard_spill(&shard, &dirs.spill).await?;
@@ -33,21 +34,19 @@ pub async fn replay_spill(
 pub(super) async fn replay_shard_spill(
     cfg: &ClickHouseConfig,
     spill_dir: &Path,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), SinkError> {
     if !spill_dir.exists() {
         return Ok((0, 0));
     }
     let client = client(cfg);
-    let mut files = list_jsonl(spill_dir)
-        .await
-        .map_err(|e| format!("{}: {e}", spill_dir.display()))?;
+    let mut files = list_jsonl(spill_dir).await.map_err(SinkError::Journal)?;
     files.sort();
     let (mut n_files, mut n_rows) = (0, 0);
     for f in files {
         let n = insert_file(&client, cfg, &f).await?;
         tokio::fs::remove_file(&f)
             .await
-            .map_err(|e| format!("{}: {e}", f.display()))?;
+            .map_err(SinkError::Journal)?;
         tracing::info!(file = %f.display(), rows = n, "spilled batch loaded");
         n_files += 1;
         n_rows += n;

@@ -22,11 +22,11 @@
 //! detail rows in [`super::detail`], the restart state in [`super::checkpoint`].
 
 use common::attribution::{Attribution, Rules, attribute};
+use common::counters::UvScope;
 use common::counters::{Increment, UNATTRIBUTED_AD};
 use common::decode::Rejection;
 use common::dims::{AdDim, Dimensions};
 use common::event::{Event, TopicKind, id_hash};
-use common::redis_keys::UvScope;
 
 pub use super::checkpoint::{Checkpoint, Snapshot};
 use super::clicks::{ClickIndex, StoredClick};

@@ -15,9 +15,9 @@
 
 use std::collections::BTreeMap;
 
+use common::counters::UvScope;
 use common::counters::{Counters, Increment};
 use common::day::DayNum;
-use common::redis_keys::UvScope;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 

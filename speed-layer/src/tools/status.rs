@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::state_keys::StateKeys;
 use anyhow::Context as _;
 use common::config::Config;
 use common::event::TopicKind;
@@ -49,10 +50,10 @@ impl PartitionStatus {
 /// When Redis or Kafka do not answer.
 pub async fn read(cfg: &Config) -> anyhow::Result<Vec<PartitionStatus>> {
     let keys = Keys::new(&cfg.redis.key_prefix);
-    let mut conn = common::redis_conn::RedisConn::connect(&cfg.redis)
+    let mut conn = platform::redis_conn::RedisConn::connect(&cfg.redis)
         .await
         .context("connecting to Redis")?;
-    let consumer: BaseConsumer = common::kafka::client_config(&cfg.kafka)
+    let consumer: BaseConsumer = platform::kafka::client_config(&cfg.kafka)
         .create()
         .context("kafka client")?;
     let kafka = cfg.kafka.clone();

@@ -7,7 +7,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 
-use crate::config::MysqlConfig;
+use common::config::MysqlConfig;
 
 /// The schema, embedded so every binary can apply it.
 pub const SCHEMA_SQL: &str = include_str!("../../deploy/sql/mysql.sql");
@@ -21,6 +21,39 @@ pub enum DbError {
     /// A statement failed.
     #[error("mysql: {0}")]
     Mysql(#[from] mysql_async::Error),
+}
+
+/// MySQL server error codes of passing states, worth a retry (MariaDB and MySQL
+/// share them): `ER_CON_COUNT_ERROR` 1040 (too many connections),
+/// `ER_SERVER_SHUTDOWN` 1053, `ER_NET_READ_ERROR` 1158, `ER_NET_READ_INTERRUPTED`
+/// 1159, `ER_NET_ERROR_ON_WRITE` 1160, `ER_NET_WRITE_INTERRUPTED` 1161,
+/// `ER_LOCK_WAIT_TIMEOUT` 1205, `ER_LOCK_DEADLOCK` 1213, `ER_QUERY_INTERRUPTED`
+/// 1317, `ER_CONNECTION_KILLED` 1927, `CR_SERVER_GONE_ERROR` 2006,
+/// `CR_SERVER_LOST` 2013.
+const RETRIABLE_MYSQL_CODES: [u16; 12] = [
+    1040, 1053, 1158, 1159, 1160, 1161, 1205, 1213, 1317, 1927, 2006, 2013,
+];
+
+impl DbError {
+    /// True when a retry may cure it: the connection (I/O, a pool that lost its
+    /// server) or a server error code of a passing state ([`RETRIABLE_MYSQL_CODES`]).
+    /// A missing table or column, a syntax error or access denied is not retried.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            DbError::Url(_) => false,
+            DbError::Mysql(e) => match e {
+                mysql_async::Error::Io(_) => true,
+                mysql_async::Error::Driver(d) => matches!(
+                    d,
+                    mysql_async::DriverError::ConnectionClosed
+                        | mysql_async::DriverError::PoolDisconnected
+                        | mysql_async::DriverError::PacketOutOfOrder
+                ),
+                mysql_async::Error::Server(s) => RETRIABLE_MYSQL_CODES.contains(&s.code),
+                _ => false,
+            },
+        }
+    }
 }
 
 /// Opens a pool for `cfg`. Connections are made lazily.

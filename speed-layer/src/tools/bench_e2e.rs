@@ -11,7 +11,7 @@
 //!    goes), then read twice from the same topic:
 //!    - by a bare consumer (`StreamConsumer`, its own group, reads and drops), timed from
 //!      `subscribe` to the last message;
-//!    - by the speed layer itself ([`crate::service::run`] in this process, the code
+//!    - by the speed layer itself ([`crate::service::run_without_exporter`] in this process, the code
 //!      `speed-layer run` runs, ClickHouse detail rows included when enabled), timed from
 //!      its start to the moment Redis holds every click.
 //!
@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::config::Config;
-use common::dataset;
 use common::day::{now_ms, today};
 use common::event::{Event, EventKind};
 use common::redis_keys::{Keys, field};
+use fixtures::dataset;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -183,13 +183,13 @@ pub async fn run(base: &Config, opts: &E2eOptions) -> anyhow::Result<E2eFigures>
     let cfg = Arc::new(isolated(base, &id));
     let rows =
         dataset::read(&opts.data).with_context(|| format!("reading {}", opts.data.display()))?;
-    let pool = common::db::pool(&cfg.mysql)?;
-    crate::replay::load_dimensions(&pool, &rows).await?;
+    let pool = platform::db::pool(&cfg.mysql)?;
+    crate::tools::replay::load_dimensions(&pool, &rows).await?;
     pool.disconnect().await.ok();
     let clicks = Clicks::of_busiest_advertiser(&rows)?;
     drop(rows);
     let k = &cfg.kafka;
-    common::kafka::create_topics(
+    platform::kafka::create_topics(
         k,
         &[&k.traffic_topic, &k.effects_topic, &k.dlq_topic],
         k.partitions,
@@ -208,7 +208,7 @@ async fn phases(
     clicks: &Clicks,
     opts: &E2eOptions,
 ) -> anyhow::Result<E2eFigures> {
-    let producer: FutureProducer = common::kafka::producer_config(&cfg.kafka)
+    let producer: FutureProducer = platform::kafka::producer_config(&cfg.kafka)
         .create()
         .context("kafka producer")?;
     let visible = Visible::connect(cfg, clicks).await?;
@@ -232,7 +232,10 @@ async fn phases(
     eprintln!("speed layer counting them");
     let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let service = tokio::spawn(crate::service::run(Arc::clone(cfg), shutdown.clone()));
+    let service = tokio::spawn(crate::service::run_without_exporter(
+        Arc::clone(cfg),
+        shutdown.clone(),
+    ));
     visible
         .wait_for(i64::try_from(opts.events)?, opts.timeout, &service)
         .await?;
@@ -328,7 +331,7 @@ async fn produce(
 /// `events`-th message of the traffic topic.
 async fn bare_consumer(cfg: &Config, events: usize, timeout: Duration) -> anyhow::Result<f64> {
     let group = format!("{}-bare", cfg.speed.group_id);
-    let consumer: StreamConsumer = common::kafka::consumer_config(&cfg.kafka, &group)
+    let consumer: StreamConsumer = platform::kafka::consumer_config(&cfg.kafka, &group)
         .create()
         .context("bare kafka consumer")?;
     let started = Instant::now();
@@ -500,7 +503,7 @@ impl Visible {
 /// Removes the run's topics, Redis keys and ClickHouse database.
 async fn clean_up(cfg: &Config) -> anyhow::Result<()> {
     let k = &cfg.kafka;
-    let admin: AdminClient<DefaultClientContext> = common::kafka::client_config(k).create()?;
+    let admin: AdminClient<DefaultClientContext> = platform::kafka::client_config(k).create()?;
     admin
         .delete_topics(
             &[&k.traffic_topic, &k.effects_topic, &k.dlq_topic],

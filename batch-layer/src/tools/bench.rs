@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use chrono::{DateTime, NaiveDate, Timelike};
-use common::dims::StaticDimensions;
 use common::event::{Event, EventKind};
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -163,7 +162,7 @@ pub async fn run(
     opts: Options,
     advertisers: i64,
 ) -> anyhow::Result<RecomputeFigures> {
-    let dims = Arc::new(StaticDimensions::standard_load(advertisers));
+    let dims = Arc::new(fixtures::standard_load::dimensions(advertisers));
     let started = Instant::now();
     let plan = recompute::input::plan(archive, topics, day, 0, opts.lookback_days()).await?;
     let (r, _) =

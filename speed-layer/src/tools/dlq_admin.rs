@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use common::config::KafkaConfig;
-use common::kafka::header_str;
+use platform::kafka::header_str;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
@@ -63,14 +63,14 @@ fn scan(
     sel: &Selection,
     mut each: impl FnMut(&BorrowedMessage<'_>, DlqEntry) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = common::kafka::client_config(cfg)
+    let consumer: BaseConsumer = platform::kafka::client_config(cfg)
         .set("group.id", "admetrics-dlq-admin")
         .set("enable.auto.commit", "false")
         .create()
         .context("kafka consumer")?;
     let topic = cfg.dlq_topic.as_str();
     let timeout = Duration::from_secs(10);
-    let partitions = common::kafka::topic_partitions(&consumer, topic, timeout)
+    let partitions = platform::kafka::topic_partitions(&consumer, topic, timeout)
         .with_context(|| format!("metadata of {topic}"))?;
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
@@ -184,7 +184,7 @@ pub async fn redrive(
     if dry_run {
         return Ok(todo.into_iter().map(|t| t.0).collect());
     }
-    let producer: FutureProducer = common::kafka::producer_config(cfg)
+    let producer: FutureProducer = platform::kafka::producer_config(cfg)
         .create()
         .context("kafka producer")?;
     let now = common::day::now_ms().to_string();

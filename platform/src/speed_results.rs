@@ -1,5 +1,5 @@
 //! Reading the speed layer's provisional results from Redis or Redis Cluster (key
-//! layout: [`crate::redis_keys`]); used by the serving layer's read path and by the
+//! layout: [`common::redis_keys`]); used by the serving layer's read path and by the
 //! batch layer's reconciliation (speed vs batch of each final day). A day of an advertiser is spread over one hash per
 //! Kafka partition; all are fetched at once and summed: one pipeline on a single Redis,
 //! one pipeline per partition's hash slot, concurrently, on a cluster
@@ -17,9 +17,10 @@ use std::hash::{Hash as _, Hasher as _};
 use chrono::NaiveDate;
 use redis::Cmd;
 
-use crate::counters::{Counters, Measure};
 use crate::redis_conn::{RedisConn, query_by_partition};
-use crate::redis_keys::{AS_OF_FIELD, FLUSH_SEQ_FIELD, Keys, UvScope, parse_field};
+use common::counters::UvScope;
+use common::counters::{Counters, Measure};
+use common::redis_keys::{AS_OF_FIELD, FLUSH_SEQ_FIELD, Keys, parse_field};
 
 /// Largest |relative error| of the speed layer's UV against the exact batch UV that
 /// still counts as agreement in reconciliation: 2 %, about 2.5 standard errors of a

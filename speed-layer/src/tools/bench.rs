@@ -341,7 +341,7 @@ pub(crate) fn load_processor(
 ) -> (Processor, StaticDimensions, Limits) {
     let mut pcfg = ProcessorConfig::from_config(0, cfg);
     pcfg.detail_rows = detail_rows;
-    let dims = StaticDimensions::standard_load(advertisers);
+    let dims = fixtures::standard_load::dimensions(advertisers);
     (Processor::new(pcfg), dims, historical_limits(cfg))
 }
 

@@ -104,14 +104,14 @@ const ADVERTISERS: i64 = 10_001;
 
 /// Runs the speed layer's core over the load and keeps its detail rows.
 fn detail_rows(cfg: &Config, files: &[PathBuf], rows: usize) -> anyhow::Result<Vec<DetailRow>> {
-    let (mut proc, dims, limits) = crate::bench::load_processor(cfg, true, ADVERTISERS);
+    let (mut proc, dims, limits) = crate::tools::bench::load_processor(cfg, true, ADVERTISERS);
     let now = common::day::now_ms();
     let mut out = Vec::with_capacity(rows);
     let mut offsets = [0_i64; 2];
     'files: for f in files {
         let text = std::fs::read(f).with_context(|| f.display().to_string())?;
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let topic = crate::bench::topic_of(line);
+            let topic = crate::tools::bench::topic_of(line);
             let off = offsets[topic.index()];
             offsets[topic.index()] += 1;
             if let Ok(e) = decode(line, topic, now, &limits) {

@@ -1,5 +1,5 @@
 //! `speed-layer replay`: turns the real data set (`../shared/data/`) into the design's
-//! events (mapping: [`common::dataset`]), loads the dimension rows it implies into
+//! events (mapping: [`fixtures::dataset`]), loads the dimension rows it implies into
 //! MySQL, and produces the events to Kafka keyed by `user_id`, in event-time order.
 //!
 //! Pacing: as fast as possible by default; `--speed 60` plays an hour of event time in a
@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::config::Config;
-use common::dataset::{self, Row};
 use common::day::{date_of, now_ms};
 use common::event::{DAY_MS, Event, TopicKind};
+use fixtures::dataset::{self, Row};
 use mysql_async::prelude::Queryable;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
@@ -284,8 +284,8 @@ pub async fn run(cfg: &Config, opts: &ReplayOptions) -> anyhow::Result<ReplaySum
         Shift::Today => dataset::shift_days(&rows, now, true),
         Shift::Days(d) => d,
     };
-    let pool = common::db::pool(&cfg.mysql)?;
-    common::db::migrate(&pool)
+    let pool = platform::db::pool(&cfg.mysql)?;
+    platform::db::migrate(&pool)
         .await
         .context("applying the MySQL schema")?;
     let dimension_rows = load_dimensions(&pool, &rows).await?;
@@ -296,7 +296,7 @@ pub async fn run(cfg: &Config, opts: &ReplayOptions) -> anyhow::Result<ReplaySum
             e.event_id = format!("c{}-{}", opts.copy, e.event_id).into();
         }
     }
-    let producer: FutureProducer = common::kafka::producer_config(&cfg.kafka)
+    let producer: FutureProducer = platform::kafka::producer_config(&cfg.kafka)
         .create()
         .context("kafka producer")?;
     let started = Instant::now();

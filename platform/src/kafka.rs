@@ -8,7 +8,7 @@
 //!
 //! | header | value |
 //! |---|---|
-//! | `dlq.reason` | stable code of [`crate::decode::RejectReason`] |
+//! | `dlq.reason` | stable code of [`common::decode::RejectReason`] |
 //! | `dlq.detail` | human-readable detail naming the field |
 //! | `dlq.topic` | source topic |
 //! | `dlq.partition` | source partition |
@@ -24,8 +24,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaConfig;
-use crate::decode::Rejection;
+use common::config::KafkaConfig;
+use common::decode::Rejection;
 
 /// Base client settings: brokers plus every pass-through setting of `[kafka.client]`.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
@@ -201,7 +201,7 @@ pub fn header_str<'h, H: Headers>(headers: &'h H, key: &str) -> Option<&'h str> 
 mod passthrough_tests {
     use rdkafka::producer::BaseProducer;
 
-    use crate::config::Config;
+    use common::config::Config;
 
     /// An operator's secured-cluster settings: TLS and SASL in the config file, the
     /// SASL credentials in the secrets file (a Kubernetes Secret).

@@ -5,7 +5,7 @@
 //! # Why the speed layer's writes stay atomic on a cluster
 //!
 //! Every key of one Kafka partition carries the hash tag `{<prefix>:p<N>}`
-//! ([`crate::redis_keys`]), so it hashes to one slot, owned by one master. A window
+//! ([`common::redis_keys`]), so it hashes to one slot, owned by one master. A window
 //! flush (result deltas, state, consumed offsets, fencing epoch) touches keys of one
 //! partition only and runs as one Lua script, which Redis Cluster executes atomically on
 //! that master like a single Redis does. Nothing ever needs a cross-slot transaction.
@@ -25,7 +25,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
-use crate::config::RedisConfig;
+use common::config::RedisConfig;
 
 /// How long a connection attempt or a reply may take before it counts as failed.
 const TIMEOUT: Duration = Duration::from_secs(5);

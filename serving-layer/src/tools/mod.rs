@@ -1,0 +1,3 @@
+//! Operator tools of the serving layer (`serving-layer keys ...`).
+
+pub mod keys;
