@@ -9,7 +9,10 @@
 //! | `archive_rows` | rows of the input files when the day was computed: a later count that differs means late data arrived |
 //!
 //! A failed run never changes `finality` or the day's results: they are replaced only
-//! in the transaction that records success.
+//! in the transaction that records success. A run holds a MySQL named lock while it
+//! runs ([`RunLease`]); a `running` row whose lock is free was left by a killed
+//! process, and the scheduler records it failed ([`fail_abandoned`]) before it looks
+//! for due days, so `BatchRunFailed` fires and the next run retries the day.
 //!
 //! `batch_run_parts` holds one row per written part of a day (`shard` of `shards`; a
 //! single worker writes part 0 of 1): see [`crate::recompute::output`].
@@ -58,12 +61,43 @@ impl From<RunTuple> for RunRow {
     }
 }
 
-/// Marks a run of `day` as started.
+/// The MySQL named lock a run of `day` holds while it runs. The server releases it
+/// when the run's session ends, also when the process is killed, so a `running` row
+/// whose lock is free was left by a run that stopped without an outcome.
+fn lease_name(day: NaiveDate) -> String {
+    format!("admetrics:batch-run:{day}")
+}
+
+/// A running day's lease: a session of its own holding [`lease_name`]. End it with
+/// [`RunLease::release`]; a killed process's session ends by itself.
+#[derive(Debug)]
+pub struct RunLease {
+    /// The session holding the lock; `None` when another worker (a part of a split
+    /// run of the same day) holds it already.
+    session: Option<mysql_async::Conn>,
+}
+
+impl RunLease {
+    /// Releases the lock by closing its session.
+    pub async fn release(self) {
+        if let Some(c) = self.session {
+            c.disconnect().await.ok();
+        }
+    }
+}
+
+/// Marks a run of `day` as started and takes its lease.
 ///
 /// # Errors
 ///
 /// MySQL errors.
-pub async fn start(pool: &Pool, day: NaiveDate) -> Result<(), mysql_async::Error> {
+pub async fn start(pool: &Pool, day: NaiveDate) -> Result<RunLease, mysql_async::Error> {
+    // The lock first: a sweep of abandoned runs that finds it free may only mark a row
+    // whose `started_at` it read before this run began (see `fail_abandoned`).
+    let mut session = pool.get_conn().await?;
+    let got: Option<Option<i64>> = session
+        .exec_first("SELECT GET_LOCK(?, 0)", (lease_name(day),))
+        .await?;
     let mut c = pool.get_conn().await?;
     c.exec_drop(
         "INSERT INTO batch_runs (day, finality, run_status, attempts, started_at, code_version) \
@@ -72,7 +106,59 @@ pub async fn start(pool: &Pool, day: NaiveDate) -> Result<(), mysql_async::Error
          started_at = CURRENT_TIMESTAMP(3), finished_at = NULL, error = NULL",
         (day, CODE_VERSION),
     )
-    .await
+    .await?;
+    Ok(RunLease {
+        session: (got.flatten() == Some(1)).then_some(session),
+    })
+}
+
+/// Records as failed the runs from `from` on that are `running` while no session
+/// holds their lease: their process stopped without recording an outcome (killed,
+/// out of memory, node lost). Their results and finality stay as they were (the
+/// results are replaced only in the transaction that records success). Returns the
+/// days and when their run had started.
+///
+/// # Errors
+///
+/// MySQL errors.
+pub async fn fail_abandoned(
+    pool: &Pool,
+    from: NaiveDate,
+) -> Result<Vec<(NaiveDate, String)>, mysql_async::Error> {
+    let mut c = pool.get_conn().await?;
+    let running: Vec<(NaiveDate, String)> = c
+        .exec(
+            "SELECT day, DATE_FORMAT(started_at, '%Y-%m-%dT%H:%i:%s.%fZ') FROM batch_runs \
+             WHERE day >= ? AND run_status = 'running' ORDER BY day",
+            (from,),
+        )
+        .await?;
+    let mut failed = Vec::new();
+    for (day, started) in running {
+        let holder: Option<Option<i64>> = c
+            .exec_first("SELECT IS_USED_LOCK(?)", (lease_name(day),))
+            .await?;
+        if holder.flatten().is_some() {
+            continue; // still running somewhere
+        }
+        let error = format!(
+            "the run started at {started} stopped without recording an outcome (process killed?)"
+        );
+        // Only the run read above: one that started since holds the lease.
+        c.exec_drop(
+            "UPDATE batch_runs SET run_status = 'failed', finished_at = CURRENT_TIMESTAMP(3), error = ? \
+             WHERE day = ? AND run_status = 'running' \
+             AND DATE_FORMAT(started_at, '%Y-%m-%dT%H:%i:%s.%fZ') = ?",
+            (&error, day, &started),
+        )
+        .await?;
+        if c.affected_rows() == 1 {
+            metrics::counter!(common::telemetry::BATCH_RUNS_ABANDONED).increment(1);
+            tracing::error!(%day, %error, "abandoned batch run recorded failed");
+            failed.push((day, started));
+        }
+    }
+    Ok(failed)
 }
 
 /// Records a failed run (results and finality stay as they were).

@@ -212,6 +212,9 @@ pub async fn tick(
         shard,
         ..Options::from_config(cfg)
     };
+    // Runs a killed process left `running` are failed runs: recorded so (the alert
+    // fires), then retried below like any failed run.
+    runs::fail_abandoned(pool, horizon_start(now_ms)).await?;
     for (day, why) in due_days(cfg, pool, archive, now_ms, shard, kind).await? {
         tracing::info!(%day, %shard, reason = why, "recomputing");
         let opts = Options {

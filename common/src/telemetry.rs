@@ -48,3 +48,6 @@ pub const ARCHIVE_FILES_WRITTEN: &str = "admetrics_archive_files_written_total";
 pub const HTTP_REQUESTS: &str = "admetrics_http_requests_total";
 /// HTTP request duration, seconds. Labels: `route`.
 pub const HTTP_REQUEST_DURATION: &str = "admetrics_http_request_duration_seconds";
+/// Batch runs found `running` with no process holding their lease (killed, out of
+/// memory), recorded failed and retried by the scheduler.
+pub const BATCH_RUNS_ABANDONED: &str = "admetrics_batch_runs_abandoned_total";

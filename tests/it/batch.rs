@@ -76,6 +76,18 @@ async fn recompute_matches_reference(env: &TestEnv, events: &[common::event::Eve
     let (first, last) = days_of(events);
     let out = env.recompute(first, last).await;
     assert!(out.contains("0 failed"), "{out}");
+    days_match_reference(env, events, first, last).await
+}
+
+/// Asserts that `daily_ad_metrics` and the advertiser UV of `daily_uv` of the days
+/// `first..=last` equal the independent computation over `events` (UV exact), each
+/// day final; returns the rows compared.
+async fn days_match_reference(
+    env: &TestEnv,
+    events: &[common::event::Event<'_>],
+    first: chrono::NaiveDate,
+    last: chrono::NaiveDate,
+) -> usize {
     let expected = reference::compute(events);
     let per_day = reference::per_day(&expected);
     let mut compared = 0;
@@ -576,4 +588,80 @@ async fn five_percent_duplicate_event_ids_count_once_on_every_path() {
         Some(r.events.len()),
         "one row per event under FINAL: {rows:?}"
     );
+}
+
+/// A recompute SIGKILLed in the middle of a day (issue 17): no half-written day is
+/// visible at any moment, the scheduler's next tick records the run failed (what
+/// `BatchRunFailed` alerts on) and recomputes the day exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recompute_sigkilled_mid_day_leaves_no_half_day_and_the_next_tick_is_exact() {
+    let mut env = TestEnv::new(2).await;
+    env.data_ends_days_ago = 1;
+    env.cfg.batch.archive_max_age = Duration::from_millis(500);
+    let r = env.replay(20_000).await;
+    env.start_archiver();
+    archive_all(&mut env, r.events.len()).await;
+    let (_, day) = days_of(&r.events);
+    let day_rows = |env: &TestEnv| {
+        let pool = env.mysql();
+        async move {
+            let mut c = pool.get_conn().await.unwrap();
+            let n: Option<i64> = c
+                .exec_first(
+                    "SELECT COUNT(*) FROM daily_ad_metrics WHERE day = ?",
+                    (day,),
+                )
+                .await
+                .unwrap();
+            drop(c);
+            pool.disconnect().await.ok();
+            n.unwrap_or(0)
+        }
+    };
+
+    // Killed while its run is recorded `running`; a reader meanwhile sees no row of
+    // the day at all (the rows appear only in the transaction that records success).
+    env.spawn(
+        "recompute",
+        "batch-layer",
+        &["recompute", "--day", &day.to_string()],
+    );
+    let started = std::time::Instant::now();
+    while run_row(&env, day).await.is_none_or(|r| r.1 != "running") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && env.running("recompute"),
+            "the run did not start, or ended before it could be killed: {:?}",
+            run_row(&env, day).await
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(day_rows(&env).await, 0, "no half-written day while it runs");
+    env.kill("recompute").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = run_row(&env, day).await.expect("a run row");
+    assert_eq!(
+        (left.0.as_str(), left.1.as_str()),
+        ("none", "running"),
+        "{left:?}"
+    );
+    assert_eq!(
+        day_rows(&env).await,
+        0,
+        "nothing of the killed run is visible"
+    );
+
+    // The next tick finds the abandoned run, records it failed, and retries the day.
+    let out = env
+        .run("batch-layer", &["schedule", "--once"])
+        .await
+        .expect("schedule --once");
+    assert!(
+        out.contains(&format!("{day}: the run started at")) && out.contains("recorded failed"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{day}: final")), "{out}");
+    let compared = days_match_reference(&env, &r.events, day, day).await;
+    assert!(compared > 100, "compared {compared} rows");
+    let after = run_row(&env, day).await.expect("a run row");
+    assert_eq!(after.1, "succeeded", "{after:?}");
 }

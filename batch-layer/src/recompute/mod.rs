@@ -251,7 +251,7 @@ pub async fn run_day(
         cfg.kafka.traffic_topic.as_str(),
         cfg.kafka.effects_topic.as_str(),
     ];
-    runs::start(pool, day).await?;
+    let lease = runs::start(pool, day).await?;
     let input = DayInput {
         day,
         dims,
@@ -259,7 +259,7 @@ pub async fn run_day(
         final_ready,
         complete_through_ms: completeness.through_ms(),
     };
-    match compute_and_write(pool, archive, topics, &input, opts, progress).await {
+    let result = match compute_and_write(pool, archive, topics, &input, opts, progress).await {
         Ok(s) => Ok(s),
         Err(e) => {
             if let Err(f) = runs::fail(pool, day, &e.to_string()).await {
@@ -267,7 +267,9 @@ pub async fn run_day(
             }
             Err(e)
         }
-    }
+    };
+    lease.release().await;
+    result
 }
 
 /// What a run of a day starts from.

@@ -33,13 +33,10 @@ pub async fn recompute_days(
     platform::db::migrate(&pool).await.context("MySQL schema")?;
     let archive = store::open(&cfg.batch)?;
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} partitions {elapsed}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} partitions {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (mut read, mut written, mut failed, mut refused) =
-        (0_u64, 0_u64, Vec::new(), Vec::new());
+    let (mut read, mut written, mut failed, mut refused) = (0_u64, 0_u64, Vec::new(), Vec::new());
     let started = std::time::Instant::now();
     for d in days {
         bar.set_prefix(d.to_string());
@@ -69,8 +66,7 @@ pub async fn recompute_days(
                 bar.suspend(|| print_summary(&s, shard));
                 if !s.final_zones.is_empty()
                     && let Some(r) =
-                        crate::reconcile::after_final(cfg, &pool, *d, &s.final_zones)
-                            .await
+                        crate::reconcile::after_final(cfg, &pool, *d, &s.final_zones).await
                 {
                     bar.suspend(|| println!("{r}"));
                 }
@@ -118,6 +114,10 @@ pub async fn schedule_once(cfg: &Config, now_ms: i64, shard: Shard) -> anyhow::R
     platform::db::migrate(&pool).await.context("MySQL schema")?;
     let archive = store::open(&cfg.batch)?;
     let kind = TickKind { late_data: true };
+    let from = crate::schedule::horizon_start(now_ms);
+    for (d, started) in crate::runs::fail_abandoned(&pool, from).await? {
+        println!("{d}: the run started at {started} stopped without an outcome; recorded failed");
+    }
     let out = crate::schedule::tick(cfg, &pool, &archive, shard, now_ms, kind).await?;
     for (d, r) in &out {
         match r {
@@ -141,14 +141,16 @@ pub async fn schedule_once(cfg: &Config, now_ms: i64, shard: Shard) -> anyhow::R
 /// # Errors
 ///
 /// When the archive or Kafka cannot be read, or `wait` timed out.
-pub async fn archive_status(cfg: &Config, wait: bool, timeout: std::time::Duration) -> anyhow::Result<()> {
+pub async fn archive_status(
+    cfg: &Config,
+    wait: bool,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
     let archive = store::open(&cfg.batch)?;
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let now = common::day::now_ms();
-        let c =
-            crate::finality::archive_completeness(cfg, &archive, Shard::WHOLE, now)
-                .await?;
+        let c = crate::finality::archive_completeness(cfg, &archive, Shard::WHOLE, now).await?;
         let behind: Vec<String> = c
             .partitions
             .iter()
@@ -193,10 +195,8 @@ pub async fn reconcile_days(cfg: &Config, days: &[NaiveDate]) -> anyhow::Result<
             println!("{d}: not final; nothing to reconcile");
             continue;
         };
-        let advertisers =
-            crate::reconcile::advertisers_of_zones(&pool, zones).await?;
-        let r =
-            crate::reconcile::reconcile_day(&pool, &speed, *d, &advertisers).await?;
+        let advertisers = crate::reconcile::advertisers_of_zones(&pool, zones).await?;
+        let r = crate::reconcile::reconcile_day(&pool, &speed, *d, &advertisers).await?;
         println!("{r}");
         differing += r.differences.len();
     }
@@ -249,8 +249,11 @@ pub async fn bench_prepare(
     let mut b = cfg.batch.clone();
     b.archive_url = archive.display().to_string();
     let a = store::open(&b)?;
-    let topics = [cfg.kafka.traffic_topic.as_str(), cfg.kafka.effects_topic.as_str()];
-    Ok(bench::prepare(input, &a, partitions, topics).await?)
+    let topics = [
+        cfg.kafka.traffic_topic.as_str(),
+        cfg.kafka.effects_topic.as_str(),
+    ];
+    bench::prepare(input, &a, partitions, topics).await
 }
 
 /// `batch-layer bench run`: recomputes `day` of the prepared archive at `archive`
@@ -273,6 +276,9 @@ pub async fn bench_run(
     if let Some(t) = threads {
         opts.threads = t;
     }
-    let topics = [cfg.kafka.traffic_topic.as_str(), cfg.kafka.effects_topic.as_str()];
-    Ok(bench::run(&a, topics, day, opts, advertisers).await?)
+    let topics = [
+        cfg.kafka.traffic_topic.as_str(),
+        cfg.kafka.effects_topic.as_str(),
+    ];
+    bench::run(&a, topics, day, opts, advertisers).await
 }

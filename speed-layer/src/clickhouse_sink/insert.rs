@@ -64,7 +64,7 @@ pub(super) async fn insert_or_spill(
                 }
                 Err(mv) => {
                     tracing::error!(alert = "clickhouse_spill", file = %file.display(), error = %e, move_error = %mv,
-                    "ClickHouse insert retries spent and the batch could not be moved to the spill directory; it stays in the journal")
+                    "ClickHouse insert retries spent and the batch could not be moved to the spill directory; it stays in the journal");
                 }
             }
         }
