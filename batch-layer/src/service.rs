@@ -7,20 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use common::config::Config;
-use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::store;
 use crate::recompute::Shard;
-
-/// Serves Prometheus metrics on `listen` (`key` names the option in errors).
-fn serve_metrics(key: &str, listen: &str) -> anyhow::Result<()> {
-    let addr = platform::telemetry::listen_addr(key, listen)?;
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .context("prometheus exporter")
-}
 
 /// Archives both input topics to Parquet until `shutdown` (see [`crate::archiver`]).
 ///
@@ -33,7 +23,7 @@ pub async fn archive(
     metrics_listen: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve_metrics("--metrics-listen", metrics_listen)?;
+    platform::telemetry::serve_prometheus("--metrics-listen", metrics_listen)?;
     let archive = store::open(&cfg.batch)?;
     crate::archiver::run(cfg, archive, shutdown).await
 }
@@ -52,6 +42,6 @@ pub async fn schedule(
     let pool = platform::db::pool(&cfg.mysql)?;
     platform::db::migrate(&pool).await.context("MySQL schema")?;
     let archive = store::open(&cfg.batch)?;
-    serve_metrics("--metrics-listen", metrics_listen)?;
+    platform::telemetry::serve_prometheus("--metrics-listen", metrics_listen)?;
     crate::schedule::run(cfg, pool, archive, shard, shutdown).await
 }

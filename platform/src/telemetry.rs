@@ -37,6 +37,21 @@ pub fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Installs the Prometheus recorder with its own HTTP listener serving `/metrics` on
+/// `listen` (`key` names the setting or option in errors): what the speed layer, the
+/// archiver and the scheduler expose.
+///
+/// # Errors
+///
+/// When `listen` is not `host:port`, or a recorder is already installed.
+pub fn serve_prometheus(key: &str, listen: &str) -> anyhow::Result<()> {
+    let addr = listen_addr(key, listen)?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| anyhow::anyhow!("prometheus exporter: {e}"))
+}
+
 /// Parses a listen address, naming the config key in the error.
 ///
 /// # Errors

@@ -23,11 +23,7 @@ use crate::partition::Shared;
 ///
 /// When the metrics address cannot be served, and as [`run_without_exporter`].
 pub async fn run(cfg: Arc<Config>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let addr = platform::telemetry::listen_addr("speed.metrics_listen", &cfg.speed.metrics_listen)?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .context("prometheus exporter")?;
+    platform::telemetry::serve_prometheus("speed.metrics_listen", &cfg.speed.metrics_listen)?;
     run_without_exporter(cfg, shutdown).await
 }
 
