@@ -17,6 +17,16 @@
 //! a committed batch are never touched again. The archive thus holds every event of
 //! the topic exactly once, whatever is killed when.
 //!
+//! # A write that fails
+//!
+//! Each write (an intent, an archive file) is retried on a fixed schedule
+//! ([`WRITE_ATTEMPTS`] attempts, [`write_retry_budget`] of waiting in all). A write
+//! that still fails (the store is unreachable; a local archive's disk is full) stops
+//! the archiver with [`StoreError::Write`], naming the object and the store's error:
+//! its batch was not committed, so a restart re-reads it from Kafka and deletes by its
+//! intent what of it was written (crash-only: the supervisor restarts the process).
+//! While it retries it consumes nothing.
+//!
 //! # Progress
 //!
 //! After each commit the archiver records how far the partition is archived (the
@@ -49,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::layout;
 use crate::archive::progress::{self, Progress};
 use crate::archive::schema::{ArchivedEvent, encode_parquet};
-use crate::archive::store::Archive;
+use crate::archive::store::{Archive, StoreError};
 
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 65_536;
@@ -333,11 +343,45 @@ async fn clean_uncommitted(
     Ok(())
 }
 
+/// Attempts of one archive write (an intent, a file) before the archiver stops.
+pub const WRITE_ATTEMPTS: usize = 9;
+
+/// The retry schedule of an archive write: 200 ms doubling to 10 s, no jitter (the
+/// total wait is fixed: [`write_retry_budget`]).
 fn retry() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(10))
-        .with_max_times(8)
+        .with_max_times(WRITE_ATTEMPTS - 1)
+}
+
+/// How long the archiver waits in all between the attempts of one write before it
+/// stops (32.6 s): the sum of [`retry`]'s delays.
+pub fn write_retry_budget() -> Duration {
+    use backon::BackoffBuilder as _;
+    retry().build().sum()
+}
+
+/// Writes `payload` to `path` with the retry schedule; the last error once
+/// [`WRITE_ATTEMPTS`] attempts are spent (module docs, "A write that fails").
+async fn put(archive: &Archive, path: &Path, payload: PutPayload) -> Result<(), StoreError> {
+    (|| archive.store.put(path, payload.clone()))
+        .retry(retry())
+        .notify(|e, d| {
+            tracing::warn!(error = %e, retry_in = ?d, file = %archive.locate(path), "archive write failed; retrying");
+        })
+        .await
+        .map(drop)
+        .map_err(|source| {
+            let location = archive.locate(path);
+            tracing::error!(file = %location, attempts = WRITE_ATTEMPTS, error = %source,
+                "archive write failed after its retries: the archiver stops; nothing of the batch is committed, a restart re-reads it from Kafka");
+            StoreError::Write {
+                location,
+                attempts: WRITE_ATTEMPTS,
+                source,
+            }
+        })
 }
 
 /// Uploads a partition's buffer as one file per (date, hour), then commits.
@@ -377,25 +421,19 @@ async fn flush(
     };
     let intent_path = layout::intent_path(&archive.root, topic, partition);
     let body = serde_json::to_vec(&intent)?;
-    (|| {
-        archive
-            .store
-            .put(&intent_path, PutPayload::from(body.clone()))
-    })
-    .retry(retry())
-    .await
-    .context("writing intent")?;
+    put(archive, &intent_path, PutPayload::from(body))
+        .await
+        .context("writing the batch's intent")?;
     let mut rows_total = 0;
     for (path, rows) in files {
         rows_total += rows.len();
+        let compression = archive.compression;
         let bytes =
-            tokio::task::spawn_blocking(move || encode_parquet(rows, ROW_GROUP_ROWS)).await??;
-        let payload = PutPayload::from(bytes);
-        (|| archive.store.put(&path, payload.clone()))
-            .retry(retry())
-            .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, file = %path, "upload failed; retrying"))
+            tokio::task::spawn_blocking(move || encode_parquet(rows, ROW_GROUP_ROWS, compression))
+                .await??;
+        put(archive, &path, PutPayload::from(bytes))
             .await
-            .with_context(|| format!("uploading {path}"))?;
+            .context("uploading an archive file")?;
         metrics::counter!(ARCHIVE_FILES_WRITTEN).increment(1);
     }
     metrics::counter!(ARCHIVE_ROWS_WRITTEN, "topic" => topic.to_owned())
@@ -512,4 +550,16 @@ pub async fn list_date(
 /// The kind of a topic name for the archive's purposes.
 pub fn topic_kind(cfg: &Config, topic: &str) -> Option<TopicKind> {
     cfg.kafka.topic_kind(topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_is_retried_for_a_fixed_32_6_seconds() {
+        // 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 6.4 + 10 + 10 (capped) between 9 attempts.
+        // (backon computes the delays in floating point: a few nanoseconds over.)
+        assert_eq!(write_retry_budget().as_millis(), 32_600);
+    }
 }

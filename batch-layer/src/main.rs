@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use batch_layer::recompute::Shard;
+use batch_layer::schedule::TickKind;
 use batch_layer::{service, tools};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand};
@@ -49,9 +50,23 @@ enum Command {
     /// Run the schedule (`batch.schedule`: finalize closed days; `batch.late_data_schedule`:
     /// also re-check final days for late data); `--once` runs one full tick now.
     Schedule {
-        /// Run one tick (closed days, failed runs and late data) and exit.
-        #[arg(long)]
+        /// Run one tick (closed days, failed runs and, see `--late-data`, late data)
+        /// and exit; exit 1 when a day's run failed.
+        #[arg(long, conflicts_with = "metrics_only")]
         once: bool,
+        /// With `--once`: whether the tick checks final days for late data (it reads
+        /// every input file's footer of the horizon): `always`, or `on-schedule` when
+        /// a tick of `batch.late_data_schedule` fell within the `batch.schedule`
+        /// interval that ends now (for a job started on `batch.schedule` from outside,
+        /// such as a Kubernetes CronJob, so that one tick a day checks).
+        #[arg(long, value_enum, default_value_t = LateData::Always, requires = "once")]
+        late_data: LateData,
+        /// Never recompute: record abandoned runs failed and serve the batch gauges
+        /// (days waiting, runs failed, reconciliation) from MySQL on every
+        /// `batch.schedule` tick, for deployments whose recompute runs as short
+        /// `--once` processes (a Kubernetes Indexed Job) that no scraper sees.
+        #[arg(long)]
+        metrics_only: bool,
         /// With `--once`: as of this past instant (RFC 3339) instead of now.
         #[arg(long, requires = "once")]
         as_of: Option<DateTime<Utc>>,
@@ -157,7 +172,21 @@ enum BenchCommand {
         /// Advertisers in the load (`gen_events.py --advertisers`).
         #[arg(long, default_value_t = 1000)]
         advertisers: i64,
+        /// Also write the day's rows as CSV files in this directory, in the columns of
+        /// the DuckDB baseline's tables (`ad_metrics.csv`, `unattributed.csv`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
+}
+
+/// When a one-off tick checks final days for late data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LateData {
+    /// Every `--once` tick.
+    Always,
+    /// When a tick of `batch.late_data_schedule` fell within the `batch.schedule`
+    /// interval that ends now.
+    OnSchedule,
 }
 
 #[tokio::main]
@@ -176,8 +205,21 @@ async fn main() -> anyhow::Result<()> {
             once: true,
             as_of,
             shard,
+            late_data,
             ..
-        } => tools::schedule_once(&cfg, clock(as_of)?, shard).await,
+        } => {
+            let now = clock(as_of)?;
+            let kind = match late_data {
+                LateData::Always => TickKind { late_data: true },
+                LateData::OnSchedule => TickKind::for_one_off(&cfg, now)?,
+            };
+            tools::schedule_once(&cfg, now, shard, kind).await
+        }
+        Command::Schedule {
+            metrics_only: true,
+            metrics_listen,
+            ..
+        } => service::watch_runs(cfg, &metrics_listen, platform::shutdown::on_signal()).await,
         Command::Schedule {
             metrics_listen,
             shard,
@@ -206,9 +248,11 @@ async fn main() -> anyhow::Result<()> {
                     day,
                     threads,
                     advertisers,
+                    out,
                 },
         } => {
-            let f = tools::bench_run(&cfg, &archive, day, threads, advertisers).await?;
+            let f =
+                tools::bench_run(&cfg, &archive, day, threads, advertisers, out.as_deref()).await?;
             println!("{}", serde_json::to_string_pretty(&f)?);
             Ok(())
         }

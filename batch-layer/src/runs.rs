@@ -61,19 +61,21 @@ impl From<RunTuple> for RunRow {
     }
 }
 
-/// The MySQL named lock a run of `day` holds while it runs. The server releases it
+/// The MySQL named lock part `part` of a run of `day` holds while it runs (each part
+/// of a split run its own: parts of one day run at once, e.g. the indexes of a
+/// Kubernetes Indexed Job, and finish at different times). The server releases it
 /// when the run's session ends, also when the process is killed, so a `running` row
-/// whose lock is free was left by a run that stopped without an outcome.
-fn lease_name(day: NaiveDate) -> String {
-    format!("admetrics:batch-run:{day}")
+/// whose locks are all free was left by runs that stopped without an outcome.
+fn lease_name(day: NaiveDate, part: u32) -> String {
+    format!("admetrics:batch-run:{day}/{part}")
 }
 
-/// A running day's lease: a session of its own holding [`lease_name`]. End it with
+/// A running part's lease: a session of its own holding [`lease_name`]. End it with
 /// [`RunLease::release`]; a killed process's session ends by itself.
 #[derive(Debug)]
 pub struct RunLease {
-    /// The session holding the lock; `None` when another worker (a part of a split
-    /// run of the same day) holds it already.
+    /// The session holding the lock; `None` when another process runs the same part
+    /// (two schedulers started by mistake).
     session: Option<mysql_async::Conn>,
 }
 
@@ -86,17 +88,17 @@ impl RunLease {
     }
 }
 
-/// Marks a run of `day` as started and takes its lease.
+/// Marks a run of part `part` of `day` as started and takes its lease.
 ///
 /// # Errors
 ///
 /// MySQL errors.
-pub async fn start(pool: &Pool, day: NaiveDate) -> Result<RunLease, mysql_async::Error> {
+pub async fn start(pool: &Pool, day: NaiveDate, part: u32) -> Result<RunLease, mysql_async::Error> {
     // The lock first: a sweep of abandoned runs that finds it free may only mark a row
     // whose `started_at` it read before this run began (see `fail_abandoned`).
     let mut session = pool.get_conn().await?;
     let got: Option<Option<i64>> = session
-        .exec_first("SELECT GET_LOCK(?, 0)", (lease_name(day),))
+        .exec_first("SELECT GET_LOCK(?, 0)", (lease_name(day, part),))
         .await?;
     let mut c = pool.get_conn().await?;
     c.exec_drop(
@@ -135,8 +137,14 @@ pub async fn fail_abandoned(
         .await?;
     let mut failed = Vec::new();
     for (day, started) in running {
+        // Any part still running holds its lock (COALESCE: the first holder, NULL
+        // when every part's lock is free).
+        let probes = vec!["IS_USED_LOCK(?)"; crate::recompute::MAX_PARTS as usize].join(", ");
+        let names: Vec<String> = (0..crate::recompute::MAX_PARTS)
+            .map(|part| lease_name(day, part))
+            .collect();
         let holder: Option<Option<i64>> = c
-            .exec_first("SELECT IS_USED_LOCK(?)", (lease_name(day),))
+            .exec_first(format!("SELECT COALESCE({probes})"), names)
             .await?;
         if holder.flatten().is_some() {
             continue; // still running somewhere

@@ -239,8 +239,7 @@ pub async fn tick(
         }
         out.push((day, r));
     }
-    let from = horizon_start(now_ms);
-    match reconcile::pending_days(pool, from).await {
+    match reconcile::pending_days(pool, horizon_start(now_ms)).await {
         Ok(days) => {
             for (day, zones) in days {
                 reconcile::after_final(cfg, pool, day, &zones).await;
@@ -248,13 +247,113 @@ pub async fn tick(
         }
         Err(e) => tracing::warn!(error = %e, "could not list the days awaiting reconciliation"),
     }
+    bookkeeping(pool, now_ms).await;
+    Ok(out)
+}
+
+/// The two cron schedules of the batch section, in the platform's time zone.
+struct Schedules {
+    closing: cron::Schedule,
+    late: cron::Schedule,
+    tz: chrono_tz::Tz,
+}
+
+impl Schedules {
+    fn of(cfg: &Config) -> anyhow::Result<Schedules> {
+        let parse = |key: &str, s: &str| {
+            common::config::cron_schedule(s).with_context(|| format!("batch.{key} `{s}`"))
+        };
+        Ok(Schedules {
+            closing: parse("schedule", &cfg.batch.schedule)?,
+            late: parse("late_data_schedule", &cfg.batch.late_data_schedule)?,
+            tz: cfg
+                .batch
+                .platform_tz
+                .parse()
+                .map_err(|_| anyhow::anyhow!("batch.platform_tz `{}`", cfg.batch.platform_tz))?,
+        })
+    }
+}
+
+impl TickKind {
+    /// The kind of a one-off tick at `now_ms` started by an outside scheduler (a
+    /// Kubernetes CronJob on `batch.schedule`, which may start it late): it checks
+    /// for late data when a tick of `batch.late_data_schedule` falls within the
+    /// `batch.schedule` interval that ends now, so that of a day's ticks exactly one
+    /// does (the check reads every input file's footer of 35 days).
+    ///
+    /// # Errors
+    ///
+    /// When a schedule or the time zone do not parse.
+    pub fn for_one_off(cfg: &Config, now_ms: i64) -> anyhow::Result<TickKind> {
+        let s = Schedules::of(cfg)?;
+        let now = DateTime::<Utc>::from_timestamp_millis(now_ms)
+            .context("the clock is out of range")?
+            .with_timezone(&s.tz);
+        // The interval of `batch.schedule` around now: from its last tick at or before
+        // now to the next one.
+        let day_before = now - chrono::Duration::days(1);
+        let last = s
+            .closing
+            .after(&day_before)
+            .take_while(|t| *t <= now)
+            .last();
+        let next = s.closing.after(&now).next();
+        let (Some(last), Some(next)) = (last, next) else {
+            // Ticks further apart than a day: every one-off tick checks.
+            return Ok(TickKind { late_data: true });
+        };
+        let since = now - (next - last);
+        let late = s.late.after(&since).next().is_some_and(|t| t <= now);
+        Ok(TickKind { late_data: late })
+    }
+}
+
+/// Records abandoned runs failed and exports the gauges from MySQL: the part of a
+/// tick that reads no archive. Errors are logged (the next tick retries).
+async fn bookkeeping(pool: &Pool, now_ms: i64) {
+    let from = horizon_start(now_ms);
+    if let Err(e) = runs::fail_abandoned(pool, from).await {
+        tracing::warn!(error = %e, "could not check for abandoned runs");
+    }
     if let Err(e) = reconcile::export_gauges(pool, now_ms).await {
         tracing::warn!(error = %e, "could not export the reconciliation gauges");
     }
     if let Err(e) = export_run_gauges(pool, from).await {
         tracing::warn!(error = %e, "could not export the batch run gauges");
     }
-    Ok(out)
+}
+
+/// Serves the batch alerts' metrics without recomputing, until `shutdown`: every
+/// `batch.schedule` tick it records runs a killed worker left `running` as failed and
+/// exports the gauges from MySQL ([`DAYS_WAITING`], [`RUNS_FAILED`], the
+/// reconciliation gauges). For deployments whose recompute runs elsewhere in short
+/// processes (`schedule --once` as a Kubernetes Indexed Job) that no scraper sees.
+///
+/// # Errors
+///
+/// When a schedule or the time zone do not parse.
+pub async fn watch(
+    cfg: Arc<Config>,
+    pool: Pool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let s = Schedules::of(&cfg)?;
+    loop {
+        bookkeeping(&pool, common::day::now_ms()).await;
+        let Some(next) = s.closing.upcoming(s.tz).next() else {
+            anyhow::bail!("batch.schedule has no future tick")
+        };
+        let wait = (next.with_timezone(&Utc) - Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+        // Past the tick's instant, so that `upcoming` names the next one.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
 }
 
 /// Runs ticks on the two cron schedules until `shutdown`.
@@ -269,23 +368,8 @@ pub async fn run(
     shard: Shard,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let parse = |key: &str, s: &str| {
-        common::config::cron_schedule(s).with_context(|| format!("batch.{key} `{s}`"))
-    };
-    let closing = parse("schedule", &cfg.batch.schedule)?;
-    let late = parse("late_data_schedule", &cfg.batch.late_data_schedule)?;
-    let tz: chrono_tz::Tz = cfg
-        .batch
-        .platform_tz
-        .parse()
-        .map_err(|_| anyhow::anyhow!("batch.platform_tz `{}`", cfg.batch.platform_tz))?;
-    if let Err(e) = reconcile::export_gauges(&pool, common::day::now_ms()).await {
-        tracing::warn!(error = %e, "could not export the reconciliation gauges");
-    }
-    let from = horizon_start(common::day::now_ms());
-    if let Err(e) = export_run_gauges(&pool, from).await {
-        tracing::warn!(error = %e, "could not export the batch run gauges");
-    }
+    let Schedules { closing, late, tz } = Schedules::of(&cfg)?;
+    bookkeeping(&pool, common::day::now_ms()).await;
     let next_of = |s: &cron::Schedule| s.upcoming(tz).next().map(|t| t.with_timezone(&Utc));
     loop {
         let (Some(a), Some(b)) = (next_of(&closing), next_of(&late)) else {
@@ -304,5 +388,39 @@ pub async fn run(
         }
         // Ticks that fall on the same instant run once; step past it.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(rfc3339: &str) -> i64 {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn of_the_one_off_ticks_on_batch_schedule_exactly_one_a_day_checks_late_data() {
+        // Defaults: a tick every 15 minutes, the late-data check at 02:30 (UTC).
+        let cfg = Config::default();
+        let late = |t: &str| TickKind::for_one_off(&cfg, at(t)).unwrap().late_data;
+        assert!(late("2026-11-20T02:30:00Z"), "the 02:30 tick, on time");
+        assert!(late("2026-11-20T02:34:10Z"), "the 02:30 tick, started late");
+        assert!(!late("2026-11-20T02:29:59Z"), "before 02:30");
+        assert!(!late("2026-11-20T02:45:00Z"), "the next tick, on time");
+        assert!(!late("2026-11-20T02:45:30Z"), "the next tick, started late");
+        assert!(!late("2026-11-20T02:15:00Z"), "the tick before");
+        // Over a whole day of ticks started 20 s late, one checks.
+        let day = at("2026-11-20T00:00:20Z");
+        let checks = (0..96)
+            .filter(|i| {
+                TickKind::for_one_off(&cfg, day + i * 15 * 60_000)
+                    .unwrap()
+                    .late_data
+            })
+            .count();
+        assert_eq!(checks, 1);
     }
 }

@@ -1,5 +1,6 @@
-//! The batch layer's two long-running services, each `run(config, ..., shutdown)`:
-//! the archiver (Kafka -> Parquet) and the scheduler (closed days -> final). Each
+//! The batch layer's long-running services, each `(config, ..., shutdown)`: the
+//! archiver (Kafka -> Parquet), the scheduler (closed days -> final) and, where the
+//! recompute runs as short jobs, the run watcher (the scheduler's gauges only). Each
 //! serves its Prometheus endpoint on `metrics_listen` and returns once `shutdown`
 //! fires and it has drained.
 
@@ -44,4 +45,21 @@ pub async fn schedule(
     let archive = store::open(&cfg.batch)?;
     platform::telemetry::serve_prometheus("--metrics-listen", metrics_listen)?;
     crate::schedule::run(cfg, pool, archive, shard, shutdown).await
+}
+
+/// Serves the batch alerts' metrics without recomputing until `shutdown` (see
+/// [`crate::schedule::watch`]).
+///
+/// # Errors
+///
+/// When the metrics address, MySQL or a schedule fail at start.
+pub async fn watch_runs(
+    cfg: Arc<Config>,
+    metrics_listen: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = platform::db::pool(&cfg.mysql)?;
+    platform::db::migrate(&pool).await.context("MySQL schema")?;
+    platform::telemetry::serve_prometheus("--metrics-listen", metrics_listen)?;
+    crate::schedule::watch(cfg, pool, shutdown).await
 }

@@ -28,6 +28,17 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
     >"$LOGS/pip-moto.log" 2>&1 || die "pip install moto[server] failed (see $LOGS/pip-moto.log)"
 fi
 export ADMETRICS_MOTO_SERVER=$MOTO_VENV/bin/moto_server
+# The API's property-based test runs schemathesis (PyPI, pinned) from a venv against
+# the server's /openapi.json; a venv of another version is reinstalled.
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_VENV=${ADMETRICS_SCHEMATHESIS_VENV:-$HOME/.cache/admetrics-schemathesis}
+if ! "$SCHEMATHESIS_VENV/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $SCHEMATHESIS_VERSION"; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV (property-based tests of the API)"
+  python3 -m venv --clear "$SCHEMATHESIS_VENV" || die "python3 -m venv $SCHEMATHESIS_VENV failed"
+  "$SCHEMATHESIS_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" \
+    >"$LOGS/pip-schemathesis.log" 2>&1 || die "pip install schemathesis failed (see $LOGS/pip-schemathesis.log)"
+fi
+export ADMETRICS_SCHEMATHESIS=$SCHEMATHESIS_VENV/bin/schemathesis
 # The broker test runs a private Apache Kafka broker from the jars up.sh installed.
 export ADMETRICS_KAFKA_HOME="$KAFKA_HOME"
 # Each test works in a namespace of its own (databases admetrics_t<id>, topics

@@ -1,11 +1,12 @@
 //! The batch layer on the real data set: the archive holds every event exactly once
-//! (also across SIGKILLs of the archiver), and the daily recompute equals an
+//! (also across SIGKILLs of the archiver and a full disk), and the daily recompute equals an
 //! independent computation of the rules, is repeatable, fails cleanly on bad input,
 //! and revises a final day that receives late data.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use admetrics_tests::tmpfs::Tmpfs;
 use admetrics_tests::{TestEnv, archive, days_of, reference, wait_until};
 use common::counters::Measure;
 use common::day::date_of;
@@ -664,4 +665,128 @@ async fn a_recompute_sigkilled_mid_day_leaves_no_half_day_and_the_next_tick_is_e
     assert!(compared > 100, "compared {compared} rows");
     let after = run_row(&env, day).await.expect("a run row");
     assert_eq!(after.1, "succeeded", "{after:?}");
+}
+
+/// The archive directory on a disk that fills up (a 1 MiB tmpfs) while the
+/// archiver works through a replay already in Kafka: each write is retried on the
+/// archiver's fixed schedule, then the archiver exits non-zero naming the file and
+/// "No space left on device", having committed in Kafka only batches whose files are
+/// all written. With room again (the tmpfs remounted bigger), a restart archives every
+/// event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_archive_disk_stops_the_archiver_before_it_commits_unwritten_offsets_and_loses_nothing()
+ {
+    let mut env = TestEnv::new(2).await;
+    // Batches of at most 2 000 rows, some 200 KB of files (one per event hour): a few
+    // are committed before the disk is full.
+    env.cfg.batch.archive_max_rows = 2_000;
+    env.cfg.batch.archive_max_age = Duration::from_millis(300);
+    let dir = env.state_dir.join("archive");
+    let disk = Tmpfs::mount(&dir, "1m");
+    let r = env.replay(20_000).await;
+    env.start_archiver();
+
+    // The replay's archive is megabytes: the disk is full after a few batches.
+    wait_until(
+        Duration::from_secs(60),
+        "an archive write to fail for the full disk",
+        || {
+            let n = env.log_count("archiver", "archive write failed; retrying");
+            async move { n > 0 }
+        },
+    )
+    .await;
+    let failed = std::time::Instant::now();
+    // The write is retried for a fixed time, then the archiver stops (plus the
+    // encoding and the attempts themselves, well under 10 s here).
+    let bound = batch_layer::archiver::write_retry_budget() + Duration::from_secs(10);
+    wait_until(bound, "the archiver to stop", || {
+        let running = env.running("archiver");
+        async move { !running }
+    })
+    .await;
+    let stopped_in = failed.elapsed();
+    assert!(
+        env.exit_status("archiver").is_some_and(|s| !s.success()),
+        "the archiver exits non-zero (a supervisor restarts it)"
+    );
+    let why = env.exit_error("archiver");
+    let where_ = dir.canonicalize().unwrap();
+    assert!(
+        why.contains("No space left on device") && why.contains(where_.to_str().unwrap()),
+        "the exit error says the disk is full and where:\n{why}"
+    );
+
+    // Nothing acknowledged is lost: every offset below each committed one is in a
+    // file on the full disk.
+    let committed = env.archiver_committed_offsets();
+    let archived = archive::offsets(&dir);
+    let mut acknowledged = 0;
+    for ((topic, p), &next) in &committed {
+        let have: std::collections::BTreeSet<i64> = archived
+            .get(&(topic.clone(), *p))
+            .map(|o| o.iter().copied().collect())
+            .unwrap_or_default();
+        let missing: Vec<i64> = (0..next).filter(|o| !have.contains(o)).take(5).collect();
+        assert!(
+            missing.is_empty(),
+            "{topic}/{p}: offsets {missing:?} are committed (next {next}) but not archived"
+        );
+        acknowledged += next;
+    }
+    assert!(
+        acknowledged > 0,
+        "batches were committed before the disk filled (else the check above checks nothing)"
+    );
+    assert!(
+        acknowledged < r.events.len() as i64,
+        "the archiver stopped before it had committed everything"
+    );
+    eprintln!(
+        "archive full: stopped {:.1} s after the first failed write; {acknowledged} of {} events committed, each archived ({} files on the disk)",
+        stopped_in.as_secs_f64(),
+        r.events.len(),
+        archive::files(&dir).len()
+    );
+
+    // Room again: the restart deletes the failed batch's files by its intent and
+    // archives the rest from the committed offsets.
+    disk.resize("64m");
+    env.start_archiver();
+    env.wait_archived(r.events.len(), Duration::from_secs(120), &["archiver"])
+        .await;
+    env.wait_archive_complete(Duration::from_secs(60)).await;
+    archive::assert_exactly_once(&dir, &r.events, "a full disk and a restart with room");
+}
+
+/// An archive written the way another writer would (Snappy is what pyarrow and Spark
+/// write by default): the archiver set to `batch.archive_compression = "snappy"`
+/// writes every file so, and the recompute of every day equals the independent
+/// computation, as with the default codec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_written_with_snappy_recomputes_exactly() {
+    use parquet::basic::Compression;
+    let mut env = TestEnv::new(4).await;
+    env.data_ends_days_ago = 1;
+    env.cfg.batch.archive_compression = common::config::ArchiveCompression::Snappy;
+    env.cfg.batch.archive_max_age = Duration::from_millis(500);
+    let r = env.replay(10_000).await;
+    env.start_archiver();
+    archive_all(&mut env, r.events.len()).await;
+    let files = archive::files(&env.state_dir.join("archive"));
+    assert!(!files.is_empty());
+    for f in &files {
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(
+            std::fs::File::open(f).expect("archive file"),
+        )
+        .expect("a Parquet file");
+        let meta = parquet::file::reader::FileReader::metadata(&reader);
+        for rg in meta.row_groups() {
+            for c in rg.columns() {
+                assert_eq!(c.compression(), Compression::SNAPPY, "{}", f.display());
+            }
+        }
+    }
+    let compared = recompute_matches_reference(&env, &r.events).await;
+    assert!(compared > 300, "compared {compared} rows");
 }

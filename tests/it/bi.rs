@@ -1,14 +1,16 @@
 //! The BI path on the real ClickHouse: after a replay of the data set (plus hand-made
 //! consultation -> order -> payment chains, which the data set lacks), the detail
 //! table holds every event exactly once, and every example query of `docs/bi.md`
-//! answers what plain code computes from the raw events.
+//! answers what plain code computes from the raw events. ClickHouse down (whole, one
+//! shard) and a full journal disk lose and double nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use admetrics_tests::clickhouse_shards::{CLUSTER, ClickHouseShards};
+use admetrics_tests::tmpfs::Tmpfs;
 use admetrics_tests::{TestEnv, clickhouse_query as ch_at, free_port, reference, wait_until};
-use common::event::{DAY_MS, Event, EventKind};
+use common::event::{DAY_MS, Event, EventKind, TopicKind};
 use mysql_async::prelude::Queryable;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
@@ -700,4 +702,149 @@ async fn a_shard_that_is_down_spills_only_its_own_rows_and_replay_spill_loads_th
         "spilled files loaded and deleted: {out}"
     );
     assert_each_event_once(&url0, &db, "events_all", events.len()).await;
+}
+
+/// (topic, partition, offset) of every whole row (a line with its newline) of the
+/// journal files in `dir`, read as plain JSON, not with the sink's reader.
+fn journaled_positions(dir: &std::path::Path) -> BTreeSet<(TopicKind, i32, i64)> {
+    let mut out = BTreeSet::new();
+    for f in std::fs::read_dir(dir).expect("journal directory").flatten() {
+        let text = std::fs::read_to_string(f.path()).expect("journal file");
+        // A torn last line (the write that failed) has no newline: not journaled.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        for line in whole.lines() {
+            let row: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: {e}: {line}", f.path().display()));
+            let kind = EventKind::parse(row["kind"].as_str().expect("kind")).expect("a kind");
+            out.insert((
+                kind.topic(),
+                i32::try_from(row["kafka_partition"].as_i64().expect("partition")).unwrap(),
+                row["kafka_offset"].as_i64().expect("offset"),
+            ));
+        }
+    }
+    out
+}
+
+/// The speed layer's ClickHouse journal on a disk that fills up during a paced replay
+/// (a 1 MiB tmpfs at the instance's `<state_dir>/clickhouse`, ClickHouse up): the
+/// failed journal write stops the speed layer at its partitions' next barrier, before
+/// they store offsets for rows that are not on disk, and it exits non-zero naming the
+/// journal file and "No space left on device". With room again (the tmpfs remounted
+/// bigger), a restart leaves Redis exact and ClickHouse `FINAL` with every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_disk_stops_the_speed_layer_before_it_stores_unjournaled_offsets_and_loses_nothing()
+ {
+    // About 26 s of replay at this pace; the journal grows by some 130 KB/s.
+    const ROWS: usize = 10_000;
+    const SPEED: u32 = 3_000;
+    let mut env = TestEnv::new(2).await;
+    // No batch is sealed (and deleted once inserted) while the disk fills: the journal
+    // only grows, and the disk is full within its first batch.
+    env.cfg.clickhouse.batch_rows = 10_000_000;
+    env.cfg.clickhouse.batch_interval = Duration::from_secs(3_600);
+    let sink_dir = env.state_dir.join("speed/clickhouse");
+    let journal = sink_dir.join("journal");
+    let disk = Tmpfs::mount(&sink_dir, "1m");
+    let events = env.spawn_paced_replay(ROWS, SPEED);
+    let span = events.last().unwrap().ts - events.first().unwrap().ts;
+    let replay = Duration::from_millis(u64::try_from(span).unwrap() / u64::from(SPEED));
+    env.start_speed_as("speed");
+
+    // 1 MiB of rows arrives well within the replay.
+    wait_until(
+        replay + Duration::from_secs(30),
+        "the journal write to fail for the full disk",
+        || {
+            let n = env.log_count("speed", "ClickHouse journal write failed");
+            async move { n > 0 }
+        },
+    )
+    .await;
+    let failed = std::time::Instant::now();
+    // Each partition's next flush (every `speed.min_flush_interval` while events
+    // arrive) meets the failed barrier and stops; the drain is bounded by
+    // `speed.shutdown_timeout`.
+    let s = &env.cfg.speed;
+    let bound = s.min_flush_interval.max(s.early_fire_interval) + s.shutdown_timeout;
+    wait_until(bound, "the speed layer to stop", || {
+        let running = env.running("speed");
+        async move { !running }
+    })
+    .await;
+    let stopped_in = failed.elapsed();
+    assert!(
+        env.running("replay"),
+        "the speed layer stopped while events were still coming"
+    );
+    assert!(
+        env.exit_status("speed").is_some_and(|s| !s.success()),
+        "the speed layer exits non-zero (a supervisor restarts it)"
+    );
+    let why = env.exit_error("speed");
+    assert!(
+        why.contains("No space left on device") && why.contains(journal.to_str().unwrap()),
+        "the exit error says the disk is full and where:\n{why}"
+    );
+
+    // Nothing acknowledged exists only in memory: every message below the offsets
+    // stored in Redis has its row in the journal on the full disk (or in ClickHouse).
+    let stored = env.speed_next_offsets().await;
+    let mut on_disk = journaled_positions(&journal);
+    for r in ch(
+        &env,
+        "SELECT kind, kafka_partition, kafka_offset FROM events",
+    )
+    .await
+    {
+        let kind = EventKind::parse(r["kind"].as_str().unwrap()).unwrap();
+        on_disk.insert((
+            kind.topic(),
+            n(&r["kafka_partition"]) as i32,
+            n(&r["kafka_offset"]) as i64,
+        ));
+    }
+    let mut acknowledged = 0;
+    for (&(topic, p), &next) in &stored {
+        let missing: Vec<i64> = (0..next)
+            .filter(|o| !on_disk.contains(&(topic, p, *o)))
+            .take(5)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{topic:?}/{p}: offsets {missing:?} are stored in Redis (next {next}) but their rows are not on disk"
+        );
+        acknowledged += next;
+    }
+    assert!(
+        acknowledged > 0,
+        "flushes stored offsets before the disk filled (else the check above checks nothing)"
+    );
+    assert!(
+        acknowledged < events.len() as i64,
+        "the speed layer stopped before it had acknowledged everything"
+    );
+    eprintln!(
+        "journal full: stopped {:.1} s after the failed write; {acknowledged} of {} events acknowledged, all {} journaled rows whole",
+        stopped_in.as_secs_f64(),
+        events.len(),
+        on_disk.len()
+    );
+
+    // Room again: the restart recovers the journal and consumes from the stored offsets.
+    disk.resize("64m");
+    env.cfg.clickhouse.batch_rows = 10_000;
+    env.cfg.clickhouse.batch_interval = Duration::from_millis(500);
+    env.start_speed_as("speed");
+    env.wait_replay_succeeded(Duration::from_secs(180)).await;
+    env.settle_and_check(&events, &["speed", "replay"]).await;
+    // The drain inserts the last batch.
+    env.terminate("speed", Duration::from_secs(60)).await;
+    let (url, db) = (&env.cfg.clickhouse.url, &env.cfg.clickhouse.database);
+    assert_each_event_once(url, db, "events", events.len()).await;
+    assert_eq!(
+        files_in(&sink_dir.join("spill")),
+        0,
+        "nothing spilled: the recovered journal's torn row was cut, not sent as a bad file"
+    );
 }

@@ -1,9 +1,12 @@
 //! The serving layer as an advertiser and an attacker see it: final (batch) and
 //! provisional (speed) days merged with the right flags, a day turning final while it
-//! is read, tenancy on every endpoint, keys, parameters, rate limits, the OpenAPI
-//! description.
+//! is read, tenancy on every endpoint, keys, parameters, rate limits (and a noisy
+//! neighbour's load), the OpenAPI description and schemathesis's tests generated from it.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use admetrics_tests::{TestEnv, busiest_advertiser, days_of, get_json};
 use common::day::date_of;
@@ -687,4 +690,362 @@ async fn probes_of_an_attacker_get_json_errors_and_bounded_connections() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// `n` GETs of `url` with `key`, one after the other and one every `every` (a
+/// dashboard's pace, below the key's rate limit): each one's status and latency (sent
+/// until its whole body has arrived).
+async fn paced_gets(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    n: usize,
+    every: Duration,
+) -> Vec<(u16, Duration)> {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        tick.tick().await;
+        let sent = Instant::now();
+        let resp = client
+            .get(url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        resp.bytes().await.expect("answer body");
+        out.push((status, sent.elapsed()));
+    }
+    out
+}
+
+/// The 99th percentile (nearest rank) of the latencies of `samples`.
+fn p99(samples: &[(u16, Duration)]) -> Duration {
+    let mut l: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+    l.sort_unstable();
+    l[(l.len() * 99).div_ceil(100) - 1]
+}
+
+/// The median of the latencies of `samples`.
+fn p50(samples: &[(u16, Duration)]) -> Duration {
+    let mut l: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+    l.sort_unstable();
+    l[l.len() / 2]
+}
+
+/// What the noisy key's load generator sent and got back.
+#[derive(Debug, Default)]
+struct Load {
+    /// Requests answered.
+    sent: u64,
+    /// Answered 200.
+    admitted: u64,
+    /// Answered 429.
+    limited: u64,
+    /// Any other status.
+    other: Vec<u16>,
+    /// From the first request to the stop.
+    elapsed: Duration,
+}
+
+/// Sends GET `url` with `key` at `rate` requests per second in all, from `tasks`
+/// concurrent tasks (each on a connection of its own, each waiting for its answer
+/// before the next), until `stop` is set or `max` has passed.
+///
+/// It runs on a thread and a runtime of its own: the neighbour is another client, so
+/// its tasks must not queue on the test runtime's workers with the measured key's
+/// requests (that would measure the test client, not the server).
+fn noisy_load(
+    url: String,
+    key: String,
+    rate: u32,
+    tasks: u32,
+    stop: Arc<AtomicBool>,
+    max: Duration,
+) -> std::thread::JoinHandle<Load> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("load runtime");
+        rt.block_on(async move {
+            let started = Instant::now();
+            let period = Duration::from_secs_f64(f64::from(tasks) / f64::from(rate));
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..tasks {
+                let (url, key, stop) = (url.clone(), key.clone(), Arc::clone(&stop));
+                set.spawn(async move {
+                    let client = reqwest::Client::new();
+                    // Staggered, so that the tasks' requests spread over each period.
+                    tokio::time::sleep(period * i / tasks).await;
+                    // Burst (the default): a late tick is made up, the rate holds.
+                    let mut tick = tokio::time::interval(period);
+                    let mut statuses = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < max {
+                        tick.tick().await;
+                        let resp = client.get(&url).bearer_auth(&key).send().await;
+                        let resp = resp.expect("the noisy key's request is answered");
+                        statuses.push(resp.status().as_u16());
+                        resp.bytes().await.ok();
+                    }
+                    statuses
+                });
+            }
+            let mut load = Load::default();
+            while let Some(statuses) = set.join_next().await {
+                for s in statuses.expect("load task") {
+                    load.sent += 1;
+                    match s {
+                        200 => load.admitted += 1,
+                        429 => load.limited += 1,
+                        other => load.other.push(other),
+                    }
+                }
+            }
+            load.elapsed = started.elapsed();
+            load
+        })
+    })
+}
+
+/// Issue 17, noisy neighbour: one key sending ten times its rate limit (most of it
+/// answered 429) leaves another key's p99 within twice its quiet p99.
+///
+/// Two advertisers' keys on a server with final (batch) and provisional (speed) days;
+/// the measured key B reads its day totals of a 30-day range, the dashboard's main
+/// request, at a steady pace below its limit: 400 requests quiet, then 400 more while
+/// key A sends ten times its limit from 8 concurrent connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_at_ten_times_its_rate_limit_leaves_another_keys_p99_within_twice_its_quiet_p99() {
+    // Per key, and its burst: low, so that ten times it is a load the test can send
+    // on these 2 cores while the server answers.
+    const LIMIT: u32 = 20;
+    const SAMPLES: usize = 400;
+    // The quiet p99 is floored at 2 ms: a sub-millisecond p99 doubled is well within
+    // the scheduling noise of a shared 2-core machine, which would fail the test
+    // without the server doing anything wrong.
+    const P99_FLOOR: Duration = Duration::from_millis(2);
+    let mut env = TestEnv::new(2).await;
+    env.data_ends_days_ago = 1;
+    env.cfg.serving.rate_limit_per_second = LIMIT;
+    env.cfg.serving.rate_limit_burst = LIMIT;
+    let r = env.replay_through_pipeline(15_000).await;
+    let (first, last) = days_of(&r.events);
+    env.recompute(first, last.pred_opt().unwrap()).await;
+    // Only the server's work is measured: the pipeline is done with the data.
+    env.terminate("speed", Duration::from_secs(30)).await;
+    env.terminate("archiver", Duration::from_secs(30)).await;
+    env.start_server().await;
+
+    let mut events_of: std::collections::HashMap<i64, usize> = Default::default();
+    for e in &r.events {
+        *events_of.entry(e.advertiser_id).or_default() += 1;
+    }
+    let b = busiest_advertiser(&r.events);
+    let a = events_of
+        .iter()
+        .filter(|(adv, _)| **adv != b)
+        .max_by_key(|(adv, n)| (**n, **adv))
+        .map(|(adv, _)| *adv)
+        .expect("a second advertiser");
+    let kb = env.api_key(&["--advertiser", &b.to_string()]).await;
+    let ka = env.api_key(&["--advertiser", &a.to_string()]).await;
+    let from = last - chrono::Days::new(29);
+    let url = |adv: i64| {
+        format!(
+            "{}/v1/advertisers/{adv}/metrics?from={from}&to={last}",
+            env.api_base()
+        )
+    };
+    let (url_a, url_b) = (url(a), url(b));
+    // B at 80 % of its limit.
+    let every = Duration::from_secs_f64(1.25 / f64::from(LIMIT));
+
+    let measured = tokio::time::timeout(Duration::from_secs(180), async {
+        let client = reqwest::Client::new();
+        // Warm: B's connection, its key in the key cache, its answer in the cache.
+        let warm = paced_gets(&client, &url_b, &kb, 20, every).await;
+        assert!(warm.iter().all(|s| s.0 == 200), "warm-up: {warm:?}");
+        let quiet = paced_gets(&client, &url_b, &kb, SAMPLES, every).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = noisy_load(
+            url_a.clone(),
+            ka.clone(),
+            10 * LIMIT,
+            8,
+            Arc::clone(&stop),
+            Duration::from_secs(120),
+        );
+        // A's burst is gone within a tenth of a second; after a second its load is
+        // steady, refused nine times in ten.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let noisy = paced_gets(&client, &url_b, &kb, SAMPLES, every).await;
+        stop.store(true, Ordering::Relaxed);
+        let load = tokio::task::spawn_blocking(move || load.join())
+            .await
+            .unwrap()
+            .expect("the load thread");
+        (quiet, noisy, load)
+    })
+    .await;
+    let (quiet, noisy, load) = measured.expect("the measurement ends within 180 s");
+
+    let secs = load.elapsed.as_secs_f64();
+    let (rate, limited_share) = (
+        load.sent as f64 / secs,
+        load.limited as f64 / load.sent.max(1) as f64,
+    );
+    let (quiet_p99, noisy_p99) = (p99(&quiet), p99(&noisy));
+    let bound = 2 * quiet_p99.max(P99_FLOOR);
+    eprintln!(
+        "noisy neighbour: B (advertiser {b}, {SAMPLES} requests each, every {every:?}) quiet p50 {:?} p99 {quiet_p99:?}; \
+         noisy p50 {:?} p99 {noisy_p99:?} (bound {bound:?}); A (advertiser {a}, limit {LIMIT}/s) sent {} in {secs:.1} s = {rate:.0}/s, \
+         {} admitted, {} answered 429 ({:.1} %)",
+        p50(&quiet),
+        p50(&noisy),
+        load.sent,
+        load.admitted,
+        load.limited,
+        100.0 * limited_share,
+    );
+    for (phase, samples) in [("quiet", &quiet), ("noisy", &noisy)] {
+        let not_ok: Vec<u16> = samples.iter().map(|s| s.0).filter(|s| *s != 200).collect();
+        assert!(
+            not_ok.is_empty(),
+            "B {phase}: statuses other than 200: {not_ok:?}"
+        );
+    }
+    assert!(
+        load.other.is_empty(),
+        "A got only 200 and 429: {:?}",
+        load.other
+    );
+    assert!(
+        rate >= 9.0 * f64::from(LIMIT),
+        "A sent {rate:.0}/s, not about 10x its limit of {LIMIT}/s"
+    );
+    // The limiter held: A got its burst and its rate, no more.
+    let allowed = f64::from(LIMIT) * (1.0 + secs) + 2.0;
+    let admitted = load.admitted as f64;
+    assert!(
+        admitted <= allowed,
+        "A was admitted {admitted} times in {secs:.1} s with a limit of {LIMIT}/s"
+    );
+    assert!(limited_share >= 0.8, "most of A's requests are refused");
+    assert!(
+        noisy_p99 <= bound,
+        "B's p99 under A's load {noisy_p99:?} exceeds twice its quiet p99 {quiet_p99:?} (floored at {P99_FLOOR:?})"
+    );
+}
+
+/// The schemathesis executable: `ADMETRICS_SCHEMATHESIS`, which `deploy/local/test.sh`
+/// sets after installing the pinned version into a venv. Panics when it is missing.
+fn schemathesis_binary() -> PathBuf {
+    let path = std::env::var_os("ADMETRICS_SCHEMATHESIS").map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "ADMETRICS_SCHEMATHESIS is not set: run the tests with deploy/local/test.sh, which installs schemathesis (PyPI, pinned) into a venv and sets it to its bin/schemathesis"
+        )
+    });
+    assert!(
+        path.is_file(),
+        "ADMETRICS_SCHEMATHESIS={} does not exist: deploy/local/test.sh installs it",
+        path.display()
+    );
+    path
+}
+
+/// Runs `schemathesis [--config-file config] run <server>/openapi.json` with every
+/// check, 50 cases per operation and the hooks of `schemathesis_hooks.py`, and
+/// returns its exit status and output; panics after `timeout`.
+async fn schemathesis_run(
+    env: &TestEnv,
+    key: &str,
+    config: Option<&std::path::Path>,
+    timeout: Duration,
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = tokio::process::Command::new(schemathesis_binary());
+    cmd.arg("--no-color");
+    if let Some(c) = config {
+        cmd.arg("--config-file").arg(c);
+    }
+    cmd.args([
+        "run",
+        &format!("{}/openapi.json", env.api_base()),
+        "--header",
+        &format!("Authorization: Bearer {key}"),
+        "--checks",
+        "all",
+        "--max-examples",
+        "50",
+        "--request-timeout",
+        "10",
+    ])
+    .env(
+        "SCHEMATHESIS_HOOKS",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/it/schemathesis_hooks.py"),
+    )
+    .env(
+        "ADMETRICS_MAX_RANGE_DAYS",
+        env.cfg.serving.max_range_days.to_string(),
+    )
+    // Hypothesis keeps its example database in the working directory.
+    .current_dir(&env.state_dir)
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("schemathesis did not finish within {timeout:?}"))
+        .expect("schemathesis runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+/// Issue 17, bad input: schemathesis (property-based tests generated from
+/// `/openapi.json`, every check) finds 0 server errors and 0 answers that break the
+/// document, on a server with final and provisional days and an internal key.
+///
+/// Two runs: with the advertiser ids it generates (almost all unknown: 404s, and
+/// whatever ids and queries it makes up), then with the id pinned to the advertiser
+/// with the data (a `schemathesis.toml` `[parameters]` entry), so that every route
+/// answers its real rows and each is checked against its schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
+    schemathesis_binary();
+    let mut env = TestEnv::new(2).await;
+    env.data_ends_days_ago = 1;
+    // Schemathesis sends thousands of requests from one address, many with made-up
+    // keys: neither limit may turn its answers into 429s.
+    env.cfg.serving.rate_limit_per_second = 100_000;
+    env.cfg.serving.rate_limit_burst = 100_000;
+    env.cfg.serving.auth_attempts_per_minute = 1_000_000;
+    let r = env.replay_through_pipeline(5_000).await;
+    let (first, last) = days_of(&r.events);
+    env.recompute(first, last.pred_opt().unwrap()).await;
+    env.terminate("speed", Duration::from_secs(30)).await;
+    env.terminate("archiver", Duration::from_secs(30)).await;
+    env.start_server().await;
+    let adv = busiest_advertiser(&r.events);
+    let key = env.api_key(&["--internal"]).await;
+    let pinned = env.state_dir.join("schemathesis.toml");
+    std::fs::write(&pinned, format!("[parameters]\nid = {adv}\n")).expect("schemathesis.toml");
+
+    for (what, config) in [
+        ("generated ids", None),
+        ("id pinned", Some(pinned.as_path())),
+    ] {
+        let (status, out) = schemathesis_run(&env, &key, config, Duration::from_secs(300)).await;
+        let summary: Vec<&str> = out.lines().skip_while(|l| !l.contains("SUMMARY")).collect();
+        eprintln!("schemathesis, {what}:\n{}", summary.join("\n"));
+        assert!(
+            status.success(),
+            "schemathesis, {what}, failed ({status}):\n{out}\n--- serving:\n{}",
+            env.log("serving")
+        );
+    }
 }

@@ -51,6 +51,43 @@ pub fn event_id_counts(dir: &Path) -> BTreeMap<String, usize> {
     counts
 }
 
+/// The Kafka offsets archived under `dir`, per (topic, partition), one entry per
+/// copy: the topic from the file's `topic=` directory, the partition and offset from
+/// the `kafka_partition` and `kafka_offset` columns.
+pub fn offsets(dir: &Path) -> BTreeMap<(String, i32), Vec<i64>> {
+    let mut out: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
+    for f in files(dir) {
+        let topic = f
+            .components()
+            .filter_map(|c| c.as_os_str().to_str()?.strip_prefix("topic="))
+            .next_back()
+            .unwrap_or_else(|| panic!("{} is not under a topic= directory", f.display()))
+            .to_owned();
+        let file = std::fs::File::open(&f).expect("archive file");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("a Parquet file")
+            .build()
+            .expect("reader");
+        for b in reader {
+            let b = b.expect("batch");
+            let parts = b
+                .column_by_name("kafka_partition")
+                .expect("kafka_partition column")
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .clone();
+            let offs = b
+                .column_by_name("kafka_offset")
+                .expect("kafka_offset column")
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .clone();
+            for (p, o) in parts.values().iter().zip(offs.values().iter()) {
+                out.entry((topic.clone(), *p)).or_default().push(*o);
+            }
+        }
+    }
+    out
+}
+
 /// Total rows in the archive (footers only).
 pub fn rows(dir: &Path) -> i64 {
     files(dir)

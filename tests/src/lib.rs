@@ -13,6 +13,7 @@ pub mod kafka_broker;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod reference;
+pub mod tmpfs;
 pub mod webdriver;
 
 use std::path::{Path, PathBuf};
@@ -815,21 +816,60 @@ impl TestEnv {
     /// layer stored in Redis with its results (messages reflected in Redis); grows as
     /// it consumes and flushes.
     pub async fn speed_offsets_stored(&self) -> i64 {
+        self.speed_next_offsets().await.values().sum()
+    }
+
+    /// The next offset the speed layer stored in Redis for each (input topic,
+    /// partition) it has flushed: every message below it is reflected in Redis.
+    pub async fn speed_next_offsets(
+        &self,
+    ) -> std::collections::BTreeMap<(common::event::TopicKind, i32), i64> {
         let keys = common::redis_keys::Keys::new(&self.cfg.redis.key_prefix);
         let mut conn = self.redis().await;
-        let mut sum = 0;
+        let mut out = std::collections::BTreeMap::new();
         for p in 0..self.cfg.kafka.partitions {
             let off: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
                 .arg(keys.offsets(p))
                 .query_async(&mut conn)
                 .await
                 .expect("offsets hash");
-            sum += common::event::TopicKind::ALL
-                .iter()
-                .filter_map(|t| off.get(t.as_str()))
-                .sum::<i64>();
+            for t in common::event::TopicKind::ALL {
+                if let Some(n) = off.get(t.as_str()) {
+                    out.insert((t, p), *n);
+                }
+            }
         }
-        sum
+        out
+    }
+
+    /// The offsets the archiver group (`batch.group_id`) has committed in Kafka, per
+    /// (topic name, partition), partitions without a commit left out: what the
+    /// archiver acknowledged as archived.
+    pub fn archiver_committed_offsets(&self) -> std::collections::BTreeMap<(String, i32), i64> {
+        use rdkafka::consumer::Consumer as _;
+        // A plain client of the group: an offset fetch joins no group.
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.cfg.kafka.brokers)
+            .set("group.id", &self.cfg.batch.group_id)
+            .create()
+            .expect("kafka client");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for topic in [&self.cfg.kafka.traffic_topic, &self.cfg.kafka.effects_topic] {
+            for p in 0..self.cfg.kafka.partitions {
+                tpl.add_partition(topic, p);
+            }
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("the archiver group's committed offsets");
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+                _ => None,
+            })
+            .collect()
     }
 }
 

@@ -26,6 +26,7 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt16Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use common::config::ArchiveCompression;
 use common::event::Event;
 
 /// Version written into `schema_version`.
@@ -101,8 +102,8 @@ pub fn to_batch(rows: &[ArchivedEvent]) -> Result<RecordBatch, arrow::error::Arr
     RecordBatch::try_new(Arc::clone(&SCHEMA), cols)
 }
 
-/// Encodes rows as one zstd-compressed Parquet file, sorted by (kind, user_id, ts,
-/// offset), in row groups of `row_group_rows`.
+/// Encodes rows as one Parquet file compressed with `compression`, sorted by (kind,
+/// user_id, ts, offset), in row groups of `row_group_rows`.
 ///
 /// # Errors
 ///
@@ -110,6 +111,7 @@ pub fn to_batch(rows: &[ArchivedEvent]) -> Result<RecordBatch, arrow::error::Arr
 pub fn encode_parquet(
     mut rows: Vec<ArchivedEvent>,
     row_group_rows: usize,
+    compression: ArchiveCompression,
 ) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     use parquet::arrow::ArrowWriter;
     use parquet::basic::{Compression, ZstdLevel};
@@ -130,8 +132,16 @@ pub fn encode_parquet(
             ))
     });
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_compression(match compression {
+            ArchiveCompression::Lz4 => Compression::LZ4_RAW,
+            ArchiveCompression::Zstd => Compression::ZSTD(ZstdLevel::try_new(3)?),
+            ArchiveCompression::Snappy => Compression::SNAPPY,
+        })
         .set_max_row_group_row_count(Some(row_group_rows))
+        // Pages of at most 1 024 rows, found by the offset index: a reader that wants a
+        // few rows (the recompute's lookback wants the clicks of the day's converting
+        // users, about 1 % of them) decompresses only their pages.
+        .set_data_page_row_count_limit(1_024)
         .set_created_by(format!("admetrics archiver {}", env!("CARGO_PKG_VERSION")))
         .build();
     let mut buf = Vec::new();

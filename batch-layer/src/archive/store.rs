@@ -14,9 +14,53 @@ pub struct Archive {
     pub store: Arc<dyn ObjectStore>,
     /// Root prefix inside the store.
     pub root: Path,
+    /// What the store's paths are relative to, for messages: the directory of a local
+    /// archive, `scheme://bucket` of a remote one.
+    pub location: String,
+    /// How the files written to it are compressed (`batch.archive_compression`; files
+    /// of every codec are read).
+    pub compression: common::config::ArchiveCompression,
+    /// The directory of a local archive (`None` for a remote store), for readers on
+    /// threads of their own: `std::fs` there, not the store's thread hand-off per file.
+    pub local_dir: Option<std::path::PathBuf>,
 }
 
-/// Errors opening the archive.
+impl Archive {
+    /// The bytes of `path`, read on the calling thread, which may block: with `std::fs`
+    /// for a local archive (the recompute reads thousands of small files; the store's
+    /// hand-off of each read to a blocking thread and back cost a tenth of its time),
+    /// else through the store on `rt`.
+    ///
+    /// # Errors
+    ///
+    /// The store's error (a local one as [`object_store::Error::Generic`]).
+    pub fn read_blocking(
+        &self,
+        rt: &tokio::runtime::Handle,
+        path: &Path,
+    ) -> Result<bytes::Bytes, object_store::Error> {
+        use object_store::ObjectStoreExt as _;
+        match &self.local_dir {
+            Some(dir) => std::fs::read(dir.join(path.as_ref()))
+                .map(bytes::Bytes::from)
+                .map_err(|e| object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                }),
+            None => rt.block_on(async { self.store.get(path).await?.bytes().await }),
+        }
+    }
+}
+
+impl Archive {
+    /// Where `path` of this store is, as an operator finds it (the file of a local
+    /// archive, the object's URL of a remote one).
+    pub fn locate(&self, path: &Path) -> String {
+        format!("{}/{path}", self.location.trim_end_matches('/'))
+    }
+}
+
+/// Errors opening and writing the archive.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The URL does not parse.
@@ -30,6 +74,17 @@ pub enum StoreError {
     /// The store refused.
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    /// A write still failed after the archiver's retries (the store is unreachable,
+    /// or the disk of a local archive is full: "No space left on device").
+    #[error("writing {location} failed {attempts} times; the last time: {source}")]
+    Write {
+        /// The object ([`Archive::locate`]).
+        location: String,
+        /// Attempts made.
+        attempts: usize,
+        /// The last attempt's error.
+        source: object_store::Error,
+    },
 }
 
 /// Opens the archive of `cfg` (creating a local directory if needed).
@@ -70,6 +125,9 @@ pub fn open(cfg: &common::config::BatchConfig) -> Result<Archive, StoreError> {
         return Ok(Archive {
             store: Arc::new(store),
             root: Path::from(""),
+            location: dir.display().to_string(),
+            compression: cfg.archive_compression,
+            local_dir: Some(dir),
         });
     }
     let opts = cfg
@@ -80,5 +138,12 @@ pub fn open(cfg: &common::config::BatchConfig) -> Result<Archive, StoreError> {
     Ok(Archive {
         store: Arc::from(store),
         root,
+        location: format!(
+            "{}://{}",
+            parsed.scheme(),
+            parsed.host_str().unwrap_or_default()
+        ),
+        compression: cfg.archive_compression,
+        local_dir: None,
     })
 }

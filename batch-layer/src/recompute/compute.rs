@@ -8,12 +8,13 @@
 
 use std::collections::BTreeMap;
 
+use rustc_hash::FxHashMap;
+
 use common::attribution::{ClickRef, Rules, attribute};
 use common::counters::{Counters, UNATTRIBUTED_AD};
 use common::day::{DayNum, local_day};
 use common::dims::{Dimensions, StaticDimensions};
 use common::event::EventKind;
-use rustc_hash::{FxHashMap, FxHashSet};
 
 /// One archived event as the recompute needs it. Ids are 128-bit hashes (XXH3):
 /// distinct counts are exact unless two of the day's users collide (probability
@@ -92,49 +93,95 @@ pub fn compute(
     dims: &StaticDimensions,
     rules: &Rules,
 ) -> DayResult {
-    let mut out = DayResult {
-        input_rows: recs.len() as u64,
-        ..DayResult::default()
-    };
-    recs.sort_unstable_by_key(|r| (r.user, r.seq));
-    let mut user_recs: Vec<Rec> = Vec::new();
-    let mut seen: FxHashSet<u128> = FxHashSet::default();
+    let mut out = Totals::default();
+    let input_rows = recs.len() as u64;
+    // Copies of an event are adjacent, the first arrival (lowest offset) first.
+    recs.sort_unstable_by_key(|r| (r.user, r.id, r.seq));
+    let mut user = UserScratch::default();
     let mut start = 0;
     while start < recs.len() {
-        let user = recs[start].user;
-        let mut end = start;
-        while end < recs.len() && recs[end].user == user {
-            end += 1;
-        }
-        // Dedup by event id, the first arrival (lowest offset) wins.
-        user_recs.clear();
-        seen.clear();
+        let id = recs[start].user;
+        // A user has few records: a linear scan (a binary search over the rest of the
+        // slice would miss the cache at every step).
+        let end = start
+            + recs[start..]
+                .iter()
+                .position(|r| r.user != id)
+                .unwrap_or(recs.len() - start);
+        // Dedup by event id: the first arrival wins.
+        user.recs.clear();
+        let mut last = None;
         for r in &recs[start..end] {
-            if seen.insert(r.id) {
-                user_recs.push(*r);
-            } else {
+            if last == Some(r.id) {
                 out.duplicates += 1;
+            } else {
+                user.recs.push(*r);
+                last = Some(r.id);
             }
         }
-        user_day(&mut user_recs, day, dims, rules, &mut out);
+        user_day(&mut user, day, dims, rules, &mut out);
         start = end;
     }
-    out
+    DayResult {
+        by_ad: out.by_ad.into_iter().collect(),
+        uv_ad: out.uv_ad.into_iter().collect(),
+        uv_campaign: out.uv_campaign.into_iter().collect(),
+        uv_advertiser: out.uv_advertiser.into_iter().collect(),
+        input_rows,
+        duplicates: out.duplicates,
+        unknown_dimension: out.unknown_dimension,
+    }
+}
+
+/// [`DayResult`]'s sums while a slice is computed: hash maps (a B-tree lookup per
+/// counted event was a tenth of the recompute), ordered once at the end.
+#[derive(Default)]
+struct Totals {
+    by_ad: FxHashMap<(i64, i64), Counters>,
+    uv_ad: FxHashMap<(i64, i64), i64>,
+    uv_campaign: FxHashMap<(i64, i64), i64>,
+    uv_advertiser: FxHashMap<i64, i64>,
+    duplicates: u64,
+    unknown_dimension: u64,
+}
+
+/// One user's working set, kept across users so that its buffers are allocated once
+/// per slice, not once per user.
+#[derive(Default)]
+struct UserScratch {
+    /// The user's records, deduplicated.
+    recs: Vec<Rec>,
+    /// The user's clicks that may earn credit: (advertiser, click), by advertiser,
+    /// then in (ts, seq) order.
+    clicks: Vec<(i64, ClickRef)>,
+    /// (advertiser, ad), (advertiser, campaign) and advertisers the user saw that day,
+    /// each once after `sort` and `dedup` (a user sees few: vectors beat hash sets).
+    ads: Vec<(i64, i64)>,
+    campaigns: Vec<(i64, i64)>,
+    advertisers: Vec<i64>,
 }
 
 /// One user's records of the day and history: first the click history (every click
 /// up to the day's end, so clicks with the effect's `ts` count whatever their
 /// arrival), then the day's traffic and effects.
 fn user_day(
-    recs: &mut [Rec],
+    user: &mut UserScratch,
     day: DayNum,
     dims: &StaticDimensions,
     rules: &Rules,
-    out: &mut DayResult,
+    out: &mut Totals,
 ) {
     use common::counters::Measure;
+    let UserScratch {
+        recs,
+        clicks,
+        ads,
+        campaigns,
+        advertisers,
+        ..
+    } = user;
     recs.sort_unstable_by_key(|r| (r.ts, r.seq));
-    let mut clicks: FxHashMap<i64, Vec<ClickRef>> = FxHashMap::default();
+    clicks.clear();
     for r in recs.iter().filter(|r| r.kind == EventKind::Click) {
         let (Some(adv), Some(ad)) = (dims.advertiser(r.advertiser), dims.ad(r.ad)) else {
             continue;
@@ -149,12 +196,14 @@ fn user_day(
                 product_id: r.product,
                 day: local,
             };
-            clicks.entry(r.advertiser).or_default().push(c);
+            clicks.push((r.advertiser, c));
         }
     }
-    let mut ads = FxHashSet::default();
-    let mut campaigns = FxHashSet::default();
-    let mut advertisers = FxHashSet::default();
+    // By advertiser, each advertiser's clicks in (ts, seq) order as they came.
+    clicks.sort_unstable_by_key(|(adv, c)| (*adv, c.ts, c.seq));
+    ads.clear();
+    campaigns.clear();
+    advertisers.clear();
     for r in recs.iter().filter(|r| !r.lookback) {
         let Some(adv) = dims.advertiser(r.advertiser) else {
             out.unknown_dimension += 1;
@@ -176,11 +225,13 @@ fn user_day(
             } else {
                 c[Measure::Exposures] += 1;
             }
-            ads.insert((r.advertiser, ad.ad_id));
-            campaigns.insert((r.advertiser, ad.campaign_id));
-            advertisers.insert(r.advertiser);
+            ads.push((r.advertiser, ad.ad_id));
+            campaigns.push((r.advertiser, ad.campaign_id));
+            advertisers.push(r.advertiser);
         } else {
-            let history = clicks.get(&r.advertiser).map_or(&[][..], Vec::as_slice);
+            let from = clicks.partition_point(|(a, _)| *a < r.advertiser);
+            let to = clicks.partition_point(|(a, _)| *a <= r.advertiser);
+            let history = clicks[from..to].iter().map(|(_, c)| c);
             let a = attribute(history, r.ts, r.product, local, rules);
             let ad = a.click.map_or(UNATTRIBUTED_AD, |c| c.ad_id);
             out.by_ad
@@ -189,13 +240,19 @@ fn user_day(
                 .add_effect(r.kind, r.gmv, a.kind);
         }
     }
-    for k in ads {
+    for set in [&mut *ads, &mut *campaigns] {
+        set.sort_unstable();
+        set.dedup();
+    }
+    advertisers.sort_unstable();
+    advertisers.dedup();
+    for k in ads.drain(..) {
         *out.uv_ad.entry(k).or_default() += 1;
     }
-    for k in campaigns {
+    for k in campaigns.drain(..) {
         *out.uv_campaign.entry(k).or_default() += 1;
     }
-    for a in advertisers {
+    for a in advertisers.drain(..) {
         *out.uv_advertiser.entry(a).or_default() += 1;
     }
 }

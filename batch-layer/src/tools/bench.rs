@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use chrono::{DateTime, NaiveDate, Timelike};
+use common::counters::{Counters, Measure, UNATTRIBUTED_AD};
 use common::event::{Event, EventKind};
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -24,6 +25,7 @@ use serde::Serialize;
 use crate::archive::layout;
 use crate::archive::schema::{ArchivedEvent, encode_parquet};
 use crate::archive::store::Archive;
+use crate::recompute::compute::DayResult;
 use crate::recompute::{self, Options};
 
 /// Converts `events-*.parquet` files of the generator into the archive at `archive`
@@ -123,7 +125,10 @@ pub async fn prepare(
                 first,
                 last,
             );
-            let bytes = tokio::task::spawn_blocking(move || encode_parquet(rows, 65_536)).await??;
+            let compression = archive.compression;
+            let bytes =
+                tokio::task::spawn_blocking(move || encode_parquet(rows, 65_536, compression))
+                    .await??;
             archive.store.put(&path, PutPayload::from(bytes)).await?;
         }
         tracing::info!(file = %f.display(), "prepared");
@@ -144,30 +149,40 @@ pub struct RecomputeFigures {
     pub output_rows: usize,
     /// Wall seconds, listing to merged result (no MySQL write).
     pub seconds: f64,
+    /// Of which listing the input files.
+    pub plan_seconds: f64,
+    /// Input files.
+    pub files: usize,
     /// Input rows per second.
     pub input_rows_per_second: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_rss_mib: f64,
 }
 
-/// Recomputes `day` from the archive without writing results.
+/// Recomputes `day` from the archive without writing results to MySQL; with `out`,
+/// writes them as CSV files there once timed ([`write_csv`]).
 ///
 /// # Errors
 ///
-/// Archive errors.
+/// Archive errors, or the CSV files cannot be written.
 pub async fn run(
     archive: &Archive,
     topics: [&str; 2],
     day: NaiveDate,
     opts: Options,
     advertisers: i64,
+    out: Option<&Path>,
 ) -> anyhow::Result<RecomputeFigures> {
     let dims = Arc::new(fixtures::standard_load::dimensions(advertisers));
     let started = Instant::now();
     let plan = recompute::input::plan(archive, topics, day, 0, opts.lookback_days()).await?;
+    let plan_seconds = started.elapsed().as_secs_f64();
     let (r, _) =
         recompute::compute_plan(archive, &plan, day, &dims, opts, Arc::new(|_, _| {})).await?;
     let seconds = started.elapsed().as_secs_f64();
+    if let Some(dir) = out {
+        write_csv(&r, day, dir)?;
+    }
     #[allow(clippy::cast_precision_loss)]
     Ok(RecomputeFigures {
         day,
@@ -175,9 +190,85 @@ pub async fn run(
         input_rows: r.input_rows,
         output_rows: r.by_ad.len(),
         seconds,
+        plan_seconds,
+        files: plan.files(),
         input_rows_per_second: r.input_rows as f64 / seconds,
         peak_rss_mib: peak_rss_kib() as f64 / 1024.0,
     })
+}
+
+/// Writes a day's result as the DuckDB baseline's two tables (`../shared/bench/duckdb/
+/// recompute.sql`), so the two can be compared row by row:
+/// - `ad_metrics.csv`: `day,ad_id,advertiser_id,exposures,clicks,cost_micros,uv,` then
+///   the direct and indirect effect counts and GMV (micros), one row per ad, by ad_id;
+/// - `unattributed.csv`: `day,advertiser_id,consultations,private_messages,orders,
+///   payments,gmv_micros`, the effects credited to no ad, one row per advertiser.
+///
+/// # Errors
+///
+/// When a file cannot be written.
+pub fn write_csv(r: &DayResult, day: NaiveDate, dir: &Path) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let attributed: Vec<Measure> = Measure::ALL
+        .into_iter()
+        .filter(|m| m.name().ends_with("_direct") || m.name().ends_with("_indirect"))
+        .collect();
+    let mut ads = String::from("day,ad_id,advertiser_id,exposures,clicks,cost_micros,uv");
+    for m in &attributed {
+        let _ = write!(ads, ",{}", m.name());
+    }
+    ads.push('\n');
+    // Ad id 0 is also where effects credited to no ad are counted (UNATTRIBUTED_AD):
+    // its row holds only its traffic and attributed effects.
+    let mut rows: Vec<(&(i64, i64), &Counters)> = r
+        .by_ad
+        .iter()
+        .filter(|((_, ad), c)| {
+            *ad != UNATTRIBUTED_AD
+                || Measure::ALL
+                    .into_iter()
+                    .any(|m| c[m] != 0 && !m.name().ends_with("_unattributed"))
+        })
+        .collect();
+    rows.sort_by_key(|((adv, ad), _)| (*ad, *adv));
+    for (key @ (adv, ad), c) in rows {
+        let uv = r.uv_ad.get(key).copied().unwrap_or(0);
+        let _ = write!(
+            ads,
+            "{day},{ad},{adv},{},{},{},{uv}",
+            c[Measure::Exposures],
+            c[Measure::Clicks],
+            c[Measure::CostMicros]
+        );
+        for m in &attributed {
+            let _ = write!(ads, ",{}", c[*m]);
+        }
+        ads.push('\n');
+    }
+    std::fs::write(dir.join("ad_metrics.csv"), ads)?;
+    let mut un = String::from(
+        "day,advertiser_id,consultations,private_messages,orders,payments,gmv_micros\n",
+    );
+    let unattributed = [
+        Measure::ConsultationsUnattributed,
+        Measure::PrivateMessagesUnattributed,
+        Measure::OrdersUnattributed,
+        Measure::PaymentsUnattributed,
+        Measure::GmvMicrosUnattributed,
+    ];
+    for ((adv, _), c) in r
+        .by_ad
+        .iter()
+        .filter(|((_, ad), c)| *ad == UNATTRIBUTED_AD && unattributed.iter().any(|m| c[*m] != 0))
+    {
+        let _ = write!(un, "{day},{adv}");
+        for m in unattributed {
+            let _ = write!(un, ",{}", c[m]);
+        }
+        un.push('\n');
+    }
+    std::fs::write(dir.join("unattributed.csv"), un)
 }
 
 fn peak_rss_kib() -> u64 {

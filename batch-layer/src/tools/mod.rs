@@ -103,22 +103,28 @@ pub async fn recompute_days(
     Ok(())
 }
 
-/// `batch-layer schedule --once`: one full tick (closed days, failed runs and late
-/// data) as of `now_ms`, one line per day.
+/// `batch-layer schedule --once`: one tick of `kind` (closed days, failed runs and,
+/// when `kind` says so, late data) as of `now_ms`, one line per day.
 ///
 /// # Errors
 ///
-/// When MySQL or the archive cannot be opened, or the tick fails.
-pub async fn schedule_once(cfg: &Config, now_ms: i64, shard: Shard) -> anyhow::Result<()> {
+/// When MySQL or the archive cannot be opened, the tick fails, or a day's run
+/// failed.
+pub async fn schedule_once(
+    cfg: &Config,
+    now_ms: i64,
+    shard: Shard,
+    kind: TickKind,
+) -> anyhow::Result<()> {
     let pool = platform::db::pool(&cfg.mysql)?;
     platform::db::migrate(&pool).await.context("MySQL schema")?;
     let archive = store::open(&cfg.batch)?;
-    let kind = TickKind { late_data: true };
     let from = crate::schedule::horizon_start(now_ms);
     for (d, started) in crate::runs::fail_abandoned(&pool, from).await? {
         println!("{d}: the run started at {started} stopped without an outcome; recorded failed");
     }
     let out = crate::schedule::tick(cfg, &pool, &archive, shard, now_ms, kind).await?;
+    let mut failed = 0;
     for (d, r) in &out {
         match r {
             Ok(s) => println!(
@@ -128,10 +134,16 @@ pub async fn schedule_once(cfg: &Config, now_ms: i64, shard: Shard) -> anyhow::R
                 s.final_zones.join(", ")
             ),
             Err(RecomputeError::Refused(why)) => println!("{d}: NOT FINAL — {why}"),
-            Err(e) => println!("{d}: FAILED — {e}"),
+            Err(e) => {
+                failed += 1;
+                println!("{d}: FAILED — {e}");
+            }
         }
     }
     pool.disconnect().await.ok();
+    // A failed day fails the process, so that a job runner retries it (a day not
+    // final yet is no failure: the next tick takes it).
+    anyhow::ensure!(failed == 0, "{failed} of {} days failed", out.len());
     Ok(())
 }
 
@@ -257,7 +269,8 @@ pub async fn bench_prepare(
 }
 
 /// `batch-layer bench run`: recomputes `day` of the prepared archive at `archive`
-/// with `threads` workers (default: the configured), for a load of `advertisers`.
+/// with `threads` workers (default: the configured), for a load of `advertisers`;
+/// writes the rows as CSV into `out` when given (after the timing).
 ///
 /// # Errors
 ///
@@ -268,6 +281,7 @@ pub async fn bench_run(
     day: NaiveDate,
     threads: Option<usize>,
     advertisers: i64,
+    out: Option<&std::path::Path>,
 ) -> anyhow::Result<bench::RecomputeFigures> {
     let mut b = cfg.batch.clone();
     b.archive_url = archive.display().to_string();
@@ -280,5 +294,5 @@ pub async fn bench_run(
         cfg.kafka.traffic_topic.as_str(),
         cfg.kafka.effects_topic.as_str(),
     ];
-    bench::run(&a, topics, day, opts, advertisers).await
+    bench::run(&a, topics, day, opts, advertisers, out).await
 }

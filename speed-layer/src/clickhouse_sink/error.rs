@@ -10,7 +10,8 @@
 //! the batch is spilled at once and the operator alerted instead of waiting through
 //! the retries.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Server error codes of passing states, worth a retry (ClickHouse's
 /// `ErrorCodes.cpp`): `TIMEOUT_EXCEEDED` 159, `TOO_SLOW` 160,
@@ -27,13 +28,22 @@ const RETRIABLE_SERVER_CODES: [u32; 16] = [
 /// Errors of the ClickHouse sink.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The sink's tasks have stopped (shutdown, or a task failed): rows can no longer
-    /// be handed over.
+    /// The sink's tasks have stopped (shutdown): rows can no longer be handed over. (A
+    /// journal that failed answers with [`SinkError::Journal`] instead.)
     #[error("clickhouse sink stopped")]
     Stopped,
-    /// The journal on disk could not be written or synced (disk full, permissions).
-    #[error("clickhouse journal: {0}")]
-    Journal(#[source] std::io::Error),
+    /// A journal or spill file could not be written, synced or listed (a full disk,
+    /// permissions). The journal's first failed write stops it for good: every later
+    /// barrier answers with this error (see `journal`), so no partition stores offsets
+    /// past the rows on disk.
+    #[error("clickhouse journal {}: {source}", path.display())]
+    Journal {
+        /// The file (or directory) the operation was on.
+        path: PathBuf,
+        /// The operating system's error (`No space left on device`, ...); shared, as
+        /// one failure answers every barrier after it.
+        source: Arc<std::io::Error>,
+    },
     /// A journal or spill file could not be read, or holds a line that is not a
     /// detail row.
     #[error("{}: {detail}", file.display())]
@@ -55,8 +65,9 @@ impl SinkError {
     pub fn is_retriable(&self) -> bool {
         use clickhouse::error::Error as Ch;
         match self {
-            SinkError::Stopped | SinkError::BadFile { .. } => false,
-            SinkError::Journal(_) => true,
+            // The journal stops at its first failed write (a retry in the process would
+            // write after a hole); a restart once the disk has room is what cures it.
+            SinkError::Stopped | SinkError::BadFile { .. } | SinkError::Journal { .. } => false,
             SinkError::ClickHouse(e) => match e {
                 Ch::Network(_) | Ch::TimedOut => true,
                 Ch::BadResponse(text) => {
@@ -64,6 +75,16 @@ impl SinkError {
                 }
                 _ => false,
             },
+        }
+    }
+}
+
+impl SinkError {
+    /// [`SinkError::Journal`] of `error` on `path`.
+    pub fn journal(path: &Path, error: std::io::Error) -> Self {
+        SinkError::Journal {
+            path: path.to_owned(),
+            source: Arc::new(error),
         }
     }
 }

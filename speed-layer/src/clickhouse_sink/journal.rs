@@ -1,12 +1,30 @@
 //! The journal: rows appended to `journal/current.jsonl` as they arrive, made durable by
 //! a partition task's barrier, and sealed into `batch-<n>.jsonl` files at 10 000 rows
 //! or 15 s; a sealed file never changes.
+//!
+//! # A write that fails
+//!
+//! The first write, sync or seal that fails (a full disk, a volume turned read-only)
+//! stops the journal for good: it logs the file and the error once
+//! (`alert="clickhouse_journal"`), drops the rows handed over after it, and answers
+//! every barrier with that error ([`SinkError::Journal`]), so each partition task stops
+//! before it stores offsets for rows that are not on disk, and the process exits
+//! naming the file and the error (crash-only: the supervisor restarts it). No later
+//! write may succeed: the failed one may have left part of its bytes, and a barrier
+//! that succeeded after a hole would store offsets over rows that were lost.
+//!
+//! At the next start the torn tail of a leftover `current.jsonl` is cut at its last
+//! whole line ([`cut_torn_tail`]): no barrier covered it, so no offset of its events
+//! was stored and they are consumed again from Kafka.
 
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::config::ClickHouseConfig;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -15,38 +33,129 @@ use crate::pipeline::detail::DetailRow;
 use super::error::SinkError;
 use super::{SinkDirs, SinkMsg};
 
+/// Bytes of rows the journal holds in memory before it writes them (a barrier or a
+/// seal writes them sooner).
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// The open `current.jsonl`: rows serialized into `pending`, written with one
+/// blocking `write_all` on the blocking pool.
+///
+/// (`std::fs::File` rather than `tokio::fs::File`: tokio's file acknowledges a write
+/// before it happens and reports a failure on a later call, at times only by its
+/// error kind, so the operator would not read the system's "No space left on
+/// device" and the bytes of the failed write would be gone without a trace.)
+struct JournalFile {
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    pending: Vec<u8>,
+}
+
+impl JournalFile {
+    async fn open(path: PathBuf) -> Result<Self, SinkError> {
+        let p = path.clone();
+        let file = blocking(move || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+        })
+        .await
+        .map_err(|e| SinkError::journal(&path, e))?;
+        Ok(JournalFile {
+            path,
+            file: Arc::new(file),
+            pending: Vec::with_capacity(WRITE_CHUNK),
+        })
+    }
+
+    /// Writes the rows held in memory.
+    async fn write_pending(&mut self) -> Result<(), SinkError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let file = Arc::clone(&self.file);
+        let buf = std::mem::take(&mut self.pending);
+        let mut buf = blocking(move || (&*file).write_all(&buf).map(|()| buf))
+            .await
+            .map_err(|e| SinkError::journal(&self.path, e))?;
+        buf.clear();
+        self.pending = buf;
+        Ok(())
+    }
+
+    /// Writes the rows held in memory and syncs the file: every row appended so far
+    /// is on disk.
+    async fn sync(&mut self) -> Result<(), SinkError> {
+        self.write_pending().await?;
+        let file = Arc::clone(&self.file);
+        blocking(move || file.sync_data())
+            .await
+            .map_err(|e| SinkError::journal(&self.path, e))
+    }
+}
+
+/// Runs blocking file I/O on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// The shard's journal writer: appends rows to `current.jsonl`, seals it into a
 /// numbered batch file and hands that to the inserter.
 pub(super) struct Batcher {
-    pub(super) cfg: ClickHouseConfig,
-    pub(super) dirs: SinkDirs,
-    pub(super) seq: u64,
-    pub(super) writer: Option<BufWriter<tokio::fs::File>>,
-    pub(super) rows: usize,
-    pub(super) opened: Option<Instant>,
-    pub(super) sealed: mpsc::Sender<PathBuf>,
+    cfg: ClickHouseConfig,
+    dirs: SinkDirs,
+    seq: u64,
+    writer: Option<JournalFile>,
+    rows: usize,
+    opened: Option<Instant>,
+    sealed: mpsc::Sender<PathBuf>,
+    /// The first failed write: the journal takes no rows after it (module docs).
+    failed: Option<SinkError>,
 }
 
 impl Batcher {
+    /// A writer of `dirs.journal` whose next sealed batch is number `seq`; sealed
+    /// batches go to `sealed` (the inserter).
+    pub(super) fn new(
+        cfg: ClickHouseConfig,
+        dirs: SinkDirs,
+        seq: u64,
+        sealed: mpsc::Sender<PathBuf>,
+    ) -> Self {
+        Batcher {
+            cfg,
+            dirs,
+            seq,
+            writer: None,
+            rows: 0,
+            opened: None,
+            sealed,
+            failed: None,
+        }
+    }
+
+    /// Journals what arrives on `rx` until it closes or `shutdown` fires (then drains
+    /// what is queued and seals); after a failed write, answers barriers with it.
     pub(super) async fn run(
         &mut self,
         mut rx: mpsc::Receiver<SinkMsg>,
         shutdown: CancellationToken,
-    ) -> std::io::Result<()> {
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(SinkMsg::Rows(rows)) => self.append(&rows).await?,
-                    Some(SinkMsg::Barrier(reply)) => {
-                        let r = self.sync().await.map_err(SinkError::Journal);
-                        let _ = reply.send(r);
-                    }
+                    Some(msg) => self.handle(msg).await,
                     None => break,
                 },
                 _ = tick.tick() => {
-                    if self.opened.is_some_and(|t| t.elapsed() >= self.cfg.batch_interval) {
-                        self.seal().await?;
+                    if self.failed.is_none() && self.opened.is_some_and(|t| t.elapsed() >= self.cfg.batch_interval) {
+                        let r = self.seal().await;
+                        self.record(r);
                     }
                 }
                 () = shutdown.cancelled(), if rx.is_empty() => {
@@ -54,35 +163,65 @@ impl Batcher {
                     // drain what is queued, then seal.
                     rx.close();
                     while let Some(msg) = rx.recv().await {
-                        match msg {
-                            SinkMsg::Rows(rows) => self.append(&rows).await?,
-                            SinkMsg::Barrier(reply) => {
-                                let _ = reply.send(self.sync().await.map_err(SinkError::Journal));
-                            }
-                        }
+                        self.handle(msg).await;
                     }
                     break;
                 }
             }
         }
-        self.seal().await
+        // A failed journal is not sealed: its `current.jsonl` is recovered at the next
+        // start.
+        if self.failed.is_none() {
+            let r = self.seal().await;
+            self.record(r);
+        }
     }
 
-    async fn append(&mut self, rows: &[DetailRow]) -> std::io::Result<()> {
+    async fn handle(&mut self, msg: SinkMsg) {
+        match msg {
+            // After a failure rows are dropped: the barrier that would cover them fails,
+            // so their offsets are never stored.
+            SinkMsg::Rows(rows) => {
+                if self.failed.is_none() {
+                    let r = self.append(&rows).await;
+                    self.record(r);
+                }
+            }
+            SinkMsg::Barrier(reply) => {
+                if self.failed.is_none() {
+                    let r = self.sync().await;
+                    self.record(r);
+                }
+                let _ = reply.send(self.failed.as_ref().map_or(Ok(()), |e| Err(again(e))));
+            }
+        }
+    }
+
+    /// Keeps the first failure: the journal stops taking rows (module docs).
+    fn record(&mut self, r: Result<(), SinkError>) {
+        let Err(e) = r else { return };
+        tracing::error!(alert = "clickhouse_journal", dir = %self.dirs.journal.display(), error = %e,
+            "ClickHouse journal write failed: the journal takes no more rows, and the speed layer stops consuming \
+             (no offset is stored for a row that is not on disk). Make room in the journal's directory and restart; \
+             what was not journaled is consumed again from Kafka");
+        self.writer = None;
+        self.failed = Some(e);
+    }
+
+    async fn append(&mut self, rows: &[DetailRow]) -> Result<(), SinkError> {
         for row in rows {
             if self.writer.is_none() {
-                let f = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dirs.journal.join("current.jsonl"))
-                    .await?;
-                self.writer = Some(BufWriter::with_capacity(1 << 20, f));
+                self.writer =
+                    Some(JournalFile::open(self.dirs.journal.join("current.jsonl")).await?);
                 self.opened = Some(Instant::now());
             }
             let w = self.writer.as_mut().expect("journal opened above");
-            let mut line = serde_json::to_vec(row).map_err(std::io::Error::other)?;
-            line.push(b'\n');
-            w.write_all(&line).await?;
+            serde_json::to_writer(&mut w.pending, row)
+                .map_err(|e| SinkError::journal(&w.path, std::io::Error::other(e)))?;
+            w.pending.push(b'\n');
+            if w.pending.len() >= WRITE_CHUNK {
+                w.write_pending().await?;
+            }
             self.rows += 1;
             if self.rows >= self.cfg.batch_rows {
                 self.seal().await?;
@@ -91,15 +230,14 @@ impl Batcher {
         Ok(())
     }
 
-    async fn sync(&mut self) -> std::io::Result<()> {
-        if let Some(w) = self.writer.as_mut() {
-            w.flush().await?;
-            w.get_ref().sync_data().await?;
+    async fn sync(&mut self) -> Result<(), SinkError> {
+        match self.writer.as_mut() {
+            Some(w) => w.sync().await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    async fn seal(&mut self) -> std::io::Result<()> {
+    async fn seal(&mut self) -> Result<(), SinkError> {
         if self.writer.is_none() {
             return Ok(());
         }
@@ -110,15 +248,64 @@ impl Batcher {
             .journal
             .join(format!("batch-{:012}.jsonl", self.seq));
         self.seq += 1;
-        tokio::fs::rename(self.dirs.journal.join("current.jsonl"), &sealed).await?;
+        tokio::fs::rename(self.dirs.journal.join("current.jsonl"), &sealed)
+            .await
+            .map_err(|e| SinkError::journal(&sealed, e))?;
         self.rows = 0;
         self.opened = None;
         // Waits while the inserter is behind: backpressure up to the partition tasks.
         self.sealed
             .send(sealed)
             .await
-            .map_err(|_| std::io::Error::other("clickhouse inserter stopped"))
+            .map_err(|_| SinkError::Stopped)
     }
+}
+
+/// The journal's recorded failure, for one more barrier.
+fn again(e: &SinkError) -> SinkError {
+    match e {
+        SinkError::Journal { path, source } => SinkError::Journal {
+            path: path.clone(),
+            source: Arc::clone(source),
+        },
+        // Only journal errors and a stopped inserter are recorded.
+        _ => SinkError::Stopped,
+    }
+}
+
+/// Cuts `file` after its last newline and returns the bytes cut: a row whose write
+/// did not complete (a full disk; the host lost power) is dropped. No barrier covered
+/// it, so no offset of its event was stored: it is consumed again from Kafka.
+pub(super) async fn cut_torn_tail(file: &Path) -> std::io::Result<u64> {
+    let p = file.to_owned();
+    blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)?;
+        let len = f.metadata()?.len();
+        let mut buf = vec![0_u8; 64 * 1024];
+        let mut end = len;
+        // Backwards in chunks to the last newline (a journal file is megabytes).
+        let keep = loop {
+            if end == 0 {
+                break 0;
+            }
+            let start = end.saturating_sub(buf.len() as u64);
+            let chunk = &mut buf[..usize::try_from(end - start).expect("at most a chunk")];
+            f.read_exact_at(chunk, start)?;
+            if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+                break start + i as u64 + 1;
+            }
+            end = start;
+        };
+        if keep < len {
+            f.set_len(keep)?;
+            f.sync_data()?;
+        }
+        Ok(len - keep)
+    })
+    .await
 }
 
 /// The sequence number of a `batch-<n>.jsonl` file.
@@ -172,4 +359,110 @@ pub async fn read_rows(file: &Path) -> Result<Vec<DetailRow>, SinkError> {
         .enumerate()
         .map(|(i, l)| serde_json::from_str(l).map_err(|e| bad(format!("line {}: {e}", i + 1))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A fresh directory under the system's temporary directory.
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "admetrics-journal-{name}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn row(id: &str) -> DetailRow {
+        DetailRow {
+            event_id: id.into(),
+            kind: "click".into(),
+            ts_ms: 0,
+            event_time: 0,
+            day: 0,
+            user_id: "u".into(),
+            advertiser_id: 1,
+            campaign_id: 1,
+            ad_id: 1,
+            product_id: 1,
+            category_id: 1,
+            cost_micros: 1,
+            gmv_micros: 0,
+            attribution: String::new(),
+            click_ts_ms: 0,
+            kafka_partition: 0,
+            kafka_offset: 0,
+            version: 1,
+        }
+    }
+
+    async fn barrier(tx: &mpsc::Sender<SinkMsg>) -> Result<(), SinkError> {
+        let (reply, rx) = oneshot::channel();
+        tx.send(SinkMsg::Barrier(reply)).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_row_is_cut_and_whole_rows_stay() {
+        let dir = temp_dir("torn");
+        let f = dir.join("current.jsonl");
+        std::fs::write(&f, "{\"a\":1}\n{\"b\":2}\n{\"c\"").unwrap();
+        assert_eq!(
+            cut_torn_tail(&f).await.unwrap(),
+            4,
+            "the torn `{{\"c\"` is cut"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        assert_eq!(cut_torn_tail(&f).await.unwrap(), 0, "a whole file stays");
+        std::fs::write(&f, "no newline at all").unwrap();
+        assert_eq!(cut_torn_tail(&f).await.unwrap(), 17);
+        assert_eq!(std::fs::read(&f).unwrap(), b"");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `/dev/full` answers every write with ENOSPC, as a full disk does.
+    #[tokio::test]
+    async fn after_a_write_fails_for_a_full_disk_every_barrier_fails_even_once_there_is_room() {
+        let dir = temp_dir("full");
+        let dirs = SinkDirs {
+            journal: dir.join("journal"),
+            spill: dir.join("spill"),
+        };
+        std::fs::create_dir_all(&dirs.journal).unwrap();
+        let current = dirs.journal.join("current.jsonl");
+        std::os::unix::fs::symlink("/dev/full", &current).unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let (sealed_tx, _sealed_rx) = mpsc::channel(1);
+        let mut b = Batcher::new(ClickHouseConfig::default(), dirs, 0, sealed_tx);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let s = shutdown.clone();
+            async move { b.run(rx, s).await }
+        });
+        tx.send(SinkMsg::Rows(vec![row("e1")])).await.unwrap();
+        let e = barrier(&tx)
+            .await
+            .expect_err("the row could not be written");
+        let text = e.to_string();
+        assert!(
+            text.contains("No space left on device") && text.contains("current.jsonl"),
+            "{text}"
+        );
+        // Room again: the journal still takes nothing, as rows may have been lost.
+        std::fs::remove_file(&current).unwrap();
+        tx.send(SinkMsg::Rows(vec![row("e2")])).await.unwrap();
+        assert!(matches!(barrier(&tx).await, Err(SinkError::Journal { .. })));
+        assert!(!current.exists(), "nothing written after the failure");
+        shutdown.cancel();
+        task.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -12,7 +12,10 @@
 //!
 //! Rows are journaled on local disk as they arrive, and a partition task's `barrier`
 //! (before it stores offsets in Redis) makes them durable, so rows of events whose
-//! offsets are stored are never only in memory. A sealed batch is a file: its rows
+//! offsets are stored are never only in memory. A journal that cannot be written (a
+//! full disk) takes no rows after its first failure and fails every barrier, so the
+//! partition tasks stop and the process exits naming the file and the system's error
+//! (`journal`, "A write that fails"). A sealed batch is a file: its rows
 //! and their order never change between retries. After a crash, leftover journal
 //! files are inserted at start. Spilled files are loaded by `speed-layer replay-spill`,
 //! which deletes each file only after ClickHouse acknowledged it. Duplicates from
@@ -53,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::pipeline::detail::DetailRow;
 
 use insert::inserter;
-use journal::{Batcher, batch_seq, list_jsonl};
+use journal::{Batcher, batch_seq, cut_torn_tail, list_jsonl};
 
 pub use error::{SinkError, server_code};
 pub use insert::insert_file;
@@ -206,6 +209,11 @@ async fn start_shard(
     let mut recovered = Vec::new();
     for p in leftovers {
         if p == current {
+            let cut = cut_torn_tail(&p).await?;
+            if cut > 0 {
+                tracing::warn!(file = %p.display(), bytes = cut,
+                    "the journal ended in a row whose write did not complete (a full disk?); cut it: no offset covers it, its event is consumed again from Kafka");
+            }
             let sealed = dirs.journal.join(format!("batch-{next_seq:012}.jsonl"));
             next_seq += 1;
             tokio::fs::rename(&p, &sealed).await?;
@@ -219,10 +227,9 @@ async fn start_shard(
     let spill_dir = dirs.spill.clone();
     set.spawn(async move { inserter(client, ins_cfg, spill_dir, recovered, sealed_rx).await });
     set.spawn(async move {
-        let mut b = Batcher { cfg, dirs, seq: next_seq, writer: None, rows: 0, opened: None, sealed: sealed_tx };
-        if let Err(e) = b.run(rx, shutdown).await {
-            tracing::error!(error = %e, "clickhouse journal failed; rows since the last barrier are replayed from Kafka");
-        }
+        Batcher::new(cfg, dirs, next_seq, sealed_tx)
+            .run(rx, shutdown)
+            .await;
     });
     Ok(tx)
 }

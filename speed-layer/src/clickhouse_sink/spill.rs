@@ -39,14 +39,16 @@ pub(super) async fn replay_shard_spill(
         return Ok((0, 0));
     }
     let client = client(cfg);
-    let mut files = list_jsonl(spill_dir).await.map_err(SinkError::Journal)?;
+    let mut files = list_jsonl(spill_dir)
+        .await
+        .map_err(|e| SinkError::journal(spill_dir, e))?;
     files.sort();
     let (mut n_files, mut n_rows) = (0, 0);
     for f in files {
         let n = insert_file(&client, cfg, &f).await?;
         tokio::fs::remove_file(&f)
             .await
-            .map_err(SinkError::Journal)?;
+            .map_err(|e| SinkError::journal(&f, e))?;
         tracing::info!(file = %f.display(), rows = n, "spilled batch loaded");
         n_files += 1;
         n_rows += n;
