@@ -5,7 +5,7 @@
 //!   take to send a request's headers (a client sending one byte every few seconds is
 //!   cut off) and how long an idle keep-alive connection waits for its next request
 //!   (hyper arms the same timer when it starts reading the next request's headers).
-//! - `serving.request_timeout` bounds a handler (503), as a tower layer around the
+//! - `serving.request_timeout` bounds a handler (a JSON 503), as a layer around the
 //!   router ([`crate::routes::app`] callers add it).
 //! - The client's address reaches handlers as `ConnectInfo<SocketAddr>` (the throttle
 //!   on failed authentications keys on it).

@@ -12,9 +12,9 @@ use platform::redis_conn::RedisConn;
 use platform::speed_results::SpeedReader;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::error::ApiError;
 use crate::routes::app;
 use crate::state::AppState;
 
@@ -87,16 +87,43 @@ pub async fn serve(
         prometheus,
         &shutdown,
     );
+    let timeout = cfg.serving.request_timeout;
     let router = app(state)
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            cfg.serving.request_timeout,
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                within(timeout, req, next)
+            },
         ))
         .layer(TraceLayer::new_for_http());
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
     }
     crate::server::serve(listener, router, cfg.serving.header_read_timeout, shutdown).await;
-    pool.disconnect().await.ok();
+    // Bounded: a connection the pool is still opening (MySQL behind a partition that
+    // drops packets) would hold `disconnect` until TCP gives up on it.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), pool.disconnect())
+        .await
+        .is_err()
+    {
+        tracing::warn!("MySQL pool not closed within 5 s of shutdown; exiting without it");
+    }
     Ok(())
+}
+
+/// Answers `req` through `next`, or the JSON 503 of [`ApiError::Unavailable`] when the
+/// handler has not answered within `serving.request_timeout` (a store that hangs, e.g.
+/// MySQL behind a partition): the one error shape, never an empty body.
+async fn within(
+    timeout: std::time::Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Unavailable(format!(
+            "the request was not answered within serving.request_timeout ({timeout:?})"
+        ))
+        .into_response(),
+    }
 }

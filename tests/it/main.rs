@@ -12,5 +12,6 @@ mod e2e;
 mod finality;
 mod group;
 mod manifests;
+mod mysql_outage;
 mod read_path;
 mod serving;

@@ -13,6 +13,7 @@ pub mod kafka_broker;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod reference;
+pub mod tcp_proxy;
 pub mod tmpfs;
 pub mod webdriver;
 

@@ -148,9 +148,12 @@ impl Windows {
         self
     }
 
-    /// Start of the window holding `ts`.
+    /// Start of the window holding `ts`; `i64::MIN` (the watermark of a partition
+    /// that has accepted no event yet) for times before the first whole window.
     pub fn start_of(&self, ts: i64) -> i64 {
-        ts - ts.rem_euclid(self.len_ms)
+        // Saturating: `i64::MIN - r` overflowed (a panic in debug builds; in release it
+        // wrapped to a time in the far future, which made every later event late).
+        ts.saturating_sub(ts.rem_euclid(self.len_ms))
     }
 
     /// Window length, ms.
@@ -404,5 +407,13 @@ mod tests {
         assert_eq!(owed.counters[&KEY].0[0], 7);
         assert_eq!(owed.users, vec![USER]);
         assert_eq!(w.close_through(10_000)[0].1.counters[&KEY].0[0], 7);
+    }
+
+    #[test]
+    fn a_flush_before_any_accepted_event_closes_nothing_and_makes_nothing_late() {
+        let mut w = Windows::new(10_000);
+        // The watermark of a partition that has accepted no event (only rejects).
+        assert!(w.close_through(i64::MIN).is_empty());
+        assert!(!w.is_late(1_700_000_000_000), "a current event is not late");
     }
 }
