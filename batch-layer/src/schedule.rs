@@ -247,7 +247,7 @@ pub async fn tick(
         }
         Err(e) => tracing::warn!(error = %e, "could not list the days awaiting reconciliation"),
     }
-    bookkeeping(pool, now_ms).await;
+    export_gauges(pool, now_ms).await;
     Ok(out)
 }
 
@@ -309,13 +309,10 @@ impl TickKind {
     }
 }
 
-/// Records abandoned runs failed and exports the gauges from MySQL: the part of a
-/// tick that reads no archive. Errors are logged (the next tick retries).
-async fn bookkeeping(pool: &Pool, now_ms: i64) {
+/// Exports the batch gauges from MySQL (the reconciliation gauges, [`DAYS_WAITING`],
+/// [`RUNS_FAILED`]). Errors are logged (the next tick retries).
+async fn export_gauges(pool: &Pool, now_ms: i64) {
     let from = horizon_start(now_ms);
-    if let Err(e) = runs::fail_abandoned(pool, from).await {
-        tracing::warn!(error = %e, "could not check for abandoned runs");
-    }
     if let Err(e) = reconcile::export_gauges(pool, now_ms).await {
         tracing::warn!(error = %e, "could not export the reconciliation gauges");
     }
@@ -340,7 +337,11 @@ pub async fn watch(
 ) -> anyhow::Result<()> {
     let s = Schedules::of(&cfg)?;
     loop {
-        bookkeeping(&pool, common::day::now_ms()).await;
+        let now_ms = common::day::now_ms();
+        if let Err(e) = runs::fail_abandoned(&pool, horizon_start(now_ms)).await {
+            tracing::warn!(error = %e, "could not check for abandoned runs");
+        }
+        export_gauges(&pool, now_ms).await;
         let Some(next) = s.closing.upcoming(s.tz).next() else {
             anyhow::bail!("batch.schedule has no future tick")
         };
@@ -369,7 +370,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let Schedules { closing, late, tz } = Schedules::of(&cfg)?;
-    bookkeeping(&pool, common::day::now_ms()).await;
+    export_gauges(&pool, common::day::now_ms()).await;
     let next_of = |s: &cron::Schedule| s.upcoming(tz).next().map(|t| t.with_timezone(&Utc));
     loop {
         let (Some(a), Some(b)) = (next_of(&closing), next_of(&late)) else {

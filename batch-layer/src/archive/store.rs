@@ -50,9 +50,7 @@ impl Archive {
             None => rt.block_on(async { self.store.get(path).await?.bytes().await }),
         }
     }
-}
 
-impl Archive {
     /// Where `path` of this store is, as an operator finds it (the file of a local
     /// archive, the object's URL of a remote one).
     pub fn locate(&self, path: &Path) -> String {

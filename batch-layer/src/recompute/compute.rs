@@ -178,7 +178,6 @@ fn user_day(
         ads,
         campaigns,
         advertisers,
-        ..
     } = user;
     recs.sort_unstable_by_key(|r| (r.ts, r.seq));
     clicks.clear();

@@ -149,8 +149,7 @@ fn push(plan: &mut Plan, meta: ObjectMeta, lookback: bool) {
 ///
 /// [`InputError::Corrupt`] when the footer does not decode.
 pub fn row_count(path: &str, bytes: Bytes) -> Result<i64, InputError> {
-    let b = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(path, &e))?;
-    Ok(b.metadata().file_metadata().num_rows())
+    FetchedFile::open(path.to_owned(), bytes, false).map(|f| f.rows())
 }
 
 /// Rows of an archived file, reading only its footer: two ranged reads (the last 8

@@ -225,10 +225,7 @@ pub fn write_csv(r: &DayResult, day: NaiveDate, dir: &Path) -> std::io::Result<(
         .by_ad
         .iter()
         .filter(|((_, ad), c)| {
-            *ad != UNATTRIBUTED_AD
-                || Measure::ALL
-                    .into_iter()
-                    .any(|m| c[m] != 0 && !m.name().ends_with("_unattributed"))
+            *ad != UNATTRIBUTED_AD || Measure::ALL.into_iter().any(|m| m.in_series() && c[m] != 0)
         })
         .collect();
     rows.sort_by_key(|((adv, ad), _)| (*ad, *adv));
@@ -250,21 +247,19 @@ pub fn write_csv(r: &DayResult, day: NaiveDate, dir: &Path) -> std::io::Result<(
     let mut un = String::from(
         "day,advertiser_id,consultations,private_messages,orders,payments,gmv_micros\n",
     );
-    let unattributed = [
-        Measure::ConsultationsUnattributed,
-        Measure::PrivateMessagesUnattributed,
-        Measure::OrdersUnattributed,
-        Measure::PaymentsUnattributed,
-        Measure::GmvMicrosUnattributed,
-    ];
+    // The measures outside the series are the unattributed ones, in the columns' order.
+    let unattributed: Vec<Measure> = Measure::ALL
+        .into_iter()
+        .filter(|m| !m.in_series())
+        .collect();
     for ((adv, _), c) in r
         .by_ad
         .iter()
         .filter(|((_, ad), c)| *ad == UNATTRIBUTED_AD && unattributed.iter().any(|m| c[*m] != 0))
     {
         let _ = write!(un, "{day},{adv}");
-        for m in unattributed {
-            let _ = write!(un, ",{}", c[m]);
+        for m in &unattributed {
+            let _ = write!(un, ",{}", c[*m]);
         }
         un.push('\n');
     }
