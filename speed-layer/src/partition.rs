@@ -106,6 +106,21 @@ struct Task {
     unflushed: usize,
     reported: Stats,
     sent_users: SentUsers,
+    /// The flush being written, if any: the task goes on consuming meanwhile, and the
+    /// next flush starts only after it (flushes are written in order, one at a time).
+    in_flight: Option<tokio::task::JoinHandle<Result<Written, PartitionError>>>,
+}
+
+/// A flush that Redis has taken.
+struct Written {
+    /// The ownership after it (its flush sequence advanced).
+    own: Ownership,
+    /// When the flush began (barrier and write).
+    started: Instant,
+    /// Windows it closed.
+    windows: usize,
+    /// Its clock reading, ms UTC.
+    now_ms: i64,
 }
 
 /// Runs the task of partition `own.partition` until revoked (`stop`), fenced, or
@@ -149,6 +164,7 @@ pub async fn run(
             unflushed: 0,
             reported: Stats::default(),
             sent_users: SentUsers::default(),
+            in_flight: None,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,9 +172,18 @@ pub async fn run(
         loop {
             tokio::select! {
                 biased;
-                () = stop.cancelled() => return Ok(Ended::Released),
+                () = stop.cancelled() => {
+                    // The next owner resumes from what Redis holds; a write still in
+                    // flight either lands first or is fenced by the new epoch.
+                    if let Some(w) = task.in_flight.take() { w.abort(); }
+                    return Ok(Ended::Released);
+                }
                 () = shutdown.cancelled() => {
-                    return match task.flush(true).await {
+                    let last = match task.flush(true).await {
+                        Ok(()) => task.finish_in_flight().await,
+                        Err(e) => Err(e),
+                    };
+                    return match last {
                         Err(PartitionError::State(StateError::Fenced(_))) => Ok(Ended::Fenced),
                         Err(e) => Err(e),
                         Ok(()) => Ok(Ended::Drained),
@@ -172,7 +197,7 @@ pub async fn run(
                 }
                 _ = tick.tick() => {}
             }
-            match task.maybe_flush().await {
+            match task.after_step().await {
                 Err(PartitionError::State(StateError::Fenced(_))) => {
                     metrics::counter!(FLUSHES_FENCED).increment(1);
                     tracing::warn!("fenced: another instance owns this partition; stopping without writing");
@@ -312,6 +337,19 @@ impl Task {
         self.reported = s;
     }
 
+    /// After each message batch or tick: records a flush Redis has taken, and starts
+    /// the next one when it is due.
+    async fn after_step(&mut self) -> Result<(), PartitionError> {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+        {
+            self.finish_in_flight().await?;
+        }
+        self.maybe_flush().await
+    }
+
     async fn maybe_flush(&mut self) -> Result<(), PartitionError> {
         let cfg = &self.shared.cfg.speed;
         let now = now_ms();
@@ -344,44 +382,70 @@ impl Task {
         if due { self.flush(false).await } else { Ok(()) }
     }
 
+    /// Starts writing what was consumed since the last flush, after the flush in
+    /// flight (if any) has been written. Returns once the write has started: the task
+    /// consumes on while Redis (and the ClickHouse journal's sync) work, so their
+    /// round trips no longer stop the partition, and a partition whose flush waits
+    /// does not hold the others back through the dispatcher's queues.
     async fn flush(&mut self, close_all: bool) -> Result<(), PartitionError> {
+        self.finish_in_flight().await?;
         let started = Instant::now();
         self.dlq.drain().await?;
-        if let Some(sink) = &self.shared.sink {
-            // Detail rows of everything consumed so far must be durable before the
-            // offsets that cover them are.
-            sink.barrier().await?;
-        }
         let mut flush = self.proc.take_flush(close_all);
         self.sent_users.filter(&mut flush.days.users);
         let windows = flush.closed.len();
         let now = now_ms();
-        let keys = self.shared.keys.clone();
-        let ttl = self.ttl;
-        let mut own = self.own;
-        let conn = self.shared.redis.clone();
-        let flush_ref = &flush;
-        let write = || {
-            let mut c = conn.clone();
-            let keys = keys.clone();
-            let mut o = own;
-            async move {
-                state::write_flush(&mut c, &keys, &mut o, flush_ref, now, ttl)
-                    .await
-                    .map(|()| o)
-            }
-        };
-        own = write
-            .retry(backoff())
-            .when(StateError::is_retriable)
-            .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, "flush failed; retrying"))
-            .await?;
-        self.own = own;
+        let (keys, ttl, own) = (self.shared.keys.clone(), self.ttl, self.own);
+        let (conn, sink) = (self.shared.redis.clone(), self.shared.sink.clone());
         self.last_flush = Instant::now();
         self.unflushed = 0;
-        let secs = started.elapsed().as_secs_f64();
+        let write = async move {
+            if let Some(sink) = sink {
+                // Detail rows of everything consumed so far (pushed before this
+                // point) must be durable before the offsets that cover them are.
+                sink.barrier().await?;
+            }
+            let flush_ref = &flush;
+            let write = || {
+                let mut c = conn.clone();
+                let keys = keys.clone();
+                let mut o = own;
+                async move {
+                    state::write_flush(&mut c, &keys, &mut o, flush_ref, now, ttl)
+                        .await
+                        .map(|()| o)
+                }
+            };
+            let own = write
+                .retry(backoff())
+                .when(StateError::is_retriable)
+                .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, "flush failed; retrying"))
+                .await?;
+            Ok(Written {
+                own,
+                started,
+                windows,
+                now_ms: now,
+            })
+        };
+        self.in_flight = Some(tokio::spawn(write.in_current_span()));
+        Ok(())
+    }
+
+    /// Waits for the flush in flight, if any, and records it.
+    async fn finish_in_flight(&mut self) -> Result<(), PartitionError> {
+        let Some(handle) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let w = match handle.await {
+            Ok(r) => r?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Ok(()), // aborted at revocation
+        };
+        self.own = w.own;
+        let secs = w.started.elapsed().as_secs_f64();
         metrics::histogram!(WINDOW_FLUSH_DURATION).record(secs);
-        metrics::counter!(WINDOWS_CLOSED).increment(windows as u64);
+        metrics::counter!(WINDOWS_CLOSED).increment(w.windows as u64);
         let p = self.own.partition.to_string();
         #[allow(clippy::cast_precision_loss)] // gauges
         {
@@ -389,10 +453,10 @@ impl Task {
                 .set(self.proc.pending_len() as f64);
             metrics::gauge!(CLICKS_TRACKED, "partition" => p.clone())
                 .set(self.proc.clicks_len() as f64);
-            let lag_s = (now - self.proc.watermark()) as f64 / 1000.0;
+            let lag_s = (w.now_ms - self.proc.watermark()) as f64 / 1000.0;
             metrics::gauge!(WATERMARK_LAG, "partition" => p).set(lag_s.max(0.0));
         }
-        tracing::debug!(windows, seconds = secs, next_offsets = ?self.proc.next_offsets(), "flushed");
+        tracing::debug!(windows = w.windows, seconds = secs, "flushed");
         Ok(())
     }
 }

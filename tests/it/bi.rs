@@ -635,12 +635,7 @@ async fn two_clickhouse_shards_hold_every_event_once_with_the_same_rollups_as_on
 fn rows_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| {
         d.filter_map(Result::ok)
-            .map(|f| {
-                std::fs::read_to_string(f.path())
-                    .unwrap_or_default()
-                    .lines()
-                    .count()
-            })
+            .map(|f| rowbinary_rows(&std::fs::read(f.path()).unwrap_or_default()).len())
             .sum()
     })
 }
@@ -704,30 +699,63 @@ async fn a_shard_that_is_down_spills_only_its_own_rows_and_replay_spill_loads_th
     assert_each_event_once(&url0, &db, "events_all", events.len()).await;
 }
 
-/// (topic, partition, offset) of every whole row (a line with its newline) of the
-/// journal files in `dir`, read as plain JSON, not with the sink's reader.
+/// (kind, partition, offset) of each whole row of a journal or spill file, decoded here
+/// from the columns of `deploy/sql/clickhouse.sql` (RowBinary: a `String` is its
+/// LEB128 length and bytes; integers little-endian), not with the sink's reader. A
+/// torn last row (the write that failed) is not a row.
+fn rowbinary_rows(mut b: &[u8]) -> Vec<(String, i32, i64)> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    fn string(b: &mut &[u8]) -> Option<String> {
+        let (mut len, mut shift) = (0_usize, 0);
+        loop {
+            let byte = take(b, 1)?[0];
+            len |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        Some(String::from_utf8(take(b, len)?.to_vec()).expect("UTF-8"))
+    }
+    fn row(b: &mut &[u8]) -> Option<(String, i32, i64)> {
+        string(b)?; // event_id
+        let kind = string(b)?;
+        take(b, 8 + 4 + 2)?; // ts_ms, event_time, day
+        string(b)?; // user_id
+        take(b, 7 * 8)?; // advertiser, campaign, ad, product, category, cost, gmv
+        string(b)?; // attribution
+        take(b, 8)?; // click_ts_ms
+        let partition = i32::from_le_bytes(take(b, 4)?.try_into().unwrap());
+        let offset = i64::from_le_bytes(take(b, 8)?.try_into().unwrap());
+        take(b, 8)?; // version
+        Some((kind, partition, offset))
+    }
+    let mut out = Vec::new();
+    while let Some(r) = row(&mut b) {
+        out.push(r);
+    }
+    out
+}
+
+/// (topic, partition, offset) of every whole row of the journal files in `dir`.
 fn journaled_positions(dir: &std::path::Path) -> BTreeSet<(TopicKind, i32, i64)> {
     let mut out = BTreeSet::new();
     for f in std::fs::read_dir(dir).expect("journal directory").flatten() {
-        let text = std::fs::read_to_string(f.path()).expect("journal file");
-        // A torn last line (the write that failed) has no newline: not journaled.
-        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-        for line in whole.lines() {
-            let row: Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("{}: {e}: {line}", f.path().display()));
-            let kind = EventKind::parse(row["kind"].as_str().expect("kind")).expect("a kind");
-            out.insert((
-                kind.topic(),
-                i32::try_from(row["kafka_partition"].as_i64().expect("partition")).unwrap(),
-                row["kafka_offset"].as_i64().expect("offset"),
-            ));
+        let bytes = std::fs::read(f.path()).expect("journal file");
+        for (kind, partition, offset) in rowbinary_rows(&bytes) {
+            let kind = EventKind::parse(&kind).expect("a kind");
+            out.insert((kind.topic(), partition, offset));
         }
     }
     out
 }
 
 /// The speed layer's ClickHouse journal on a disk that fills up during a paced replay
-/// (a 1 MiB tmpfs at the instance's `<state_dir>/clickhouse`, ClickHouse up): the
+/// (a 512 KiB tmpfs at the instance's `<state_dir>/clickhouse`, ClickHouse up): the
 /// failed journal write stops the speed layer at its partitions' next barrier, before
 /// they store offsets for rows that are not on disk, and it exits non-zero naming the
 /// journal file and "No space left on device". With room again (the tmpfs remounted
@@ -735,7 +763,8 @@ fn journaled_positions(dir: &std::path::Path) -> BTreeSet<(TopicKind, i32, i64)>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_journal_disk_stops_the_speed_layer_before_it_stores_unjournaled_offsets_and_loses_nothing()
  {
-    // About 26 s of replay at this pace; the journal grows by some 130 KB/s.
+    // About 26 s of replay at this pace; the journal (RowBinary, some 120 bytes a row)
+    // grows by some 50 KB/s and the disk is full after about 4 000 rows.
     const ROWS: usize = 10_000;
     const SPEED: u32 = 3_000;
     let mut env = TestEnv::new(2).await;
@@ -745,13 +774,13 @@ async fn a_full_journal_disk_stops_the_speed_layer_before_it_stores_unjournaled_
     env.cfg.clickhouse.batch_interval = Duration::from_secs(3_600);
     let sink_dir = env.state_dir.join("speed/clickhouse");
     let journal = sink_dir.join("journal");
-    let disk = Tmpfs::mount(&sink_dir, "1m");
+    let disk = Tmpfs::mount(&sink_dir, "512k");
     let events = env.spawn_paced_replay(ROWS, SPEED);
     let span = events.last().unwrap().ts - events.first().unwrap().ts;
     let replay = Duration::from_millis(u64::try_from(span).unwrap() / u64::from(SPEED));
     env.start_speed_as("speed");
 
-    // 1 MiB of rows arrives well within the replay.
+    // 512 KiB of rows arrives well within the replay.
     wait_until(
         replay + Duration::from_secs(30),
         "the journal write to fail for the full disk",

@@ -1,4 +1,5 @@
-//! A sealed batch inserted in one RowBinary INSERT with retries; once they are spent the
+//! A sealed batch inserted in one RowBinary INSERT (the file's bytes as they are) with
+//! retries; once they are spent the
 //! file moves to the spill directory and the operator is alerted.
 
 use std::path::{Path, PathBuf};
@@ -10,10 +11,8 @@ use common::telemetry::{
 };
 use tokio::sync::mpsc;
 
-use crate::pipeline::detail::DetailRow;
-
 use super::error::SinkError;
-use super::journal::{count_lines, read_rows};
+use super::journal::{count_rows, read_batch};
 use super::schema::DETAIL_TABLE;
 
 /// The shard's inserter task: recovered journal files first, then each sealed batch
@@ -55,7 +54,7 @@ pub(super) async fn insert_or_spill(
                 .map(std::ffi::OsStr::to_os_string)
                 .unwrap_or_default();
             let target = spill_dir.join(name);
-            let rows = count_lines(file).await.unwrap_or(0);
+            let rows = count_rows(file).await.unwrap_or(0);
             match tokio::fs::rename(file, &target).await {
                 Ok(()) => {
                     metrics::counter!(CLICKHOUSE_ROWS_SPILLED).increment(rows as u64);
@@ -84,19 +83,19 @@ pub async fn insert_file(
     cfg: &ClickHouseConfig,
     file: &Path,
 ) -> Result<usize, SinkError> {
-    let rows = read_rows(file).await?;
-    if rows.is_empty() {
+    let (body, rows) = read_batch(file).await?;
+    if rows == 0 {
         return Ok(0);
     }
+    let sql = format!("INSERT INTO {DETAIL_TABLE} FORMAT RowBinary");
     with_retries(cfg, file, || async {
-        let mut ins = client.insert::<DetailRow>(DETAIL_TABLE).await?;
-        for r in &rows {
-            ins.write(r).await?;
-        }
+        let mut ins = client.insert_formatted_with(sql.as_str());
+        // `Bytes` clones share the buffer: a retry sends the same bytes again.
+        ins.send(body.clone()).await?;
         ins.end().await
     })
     .await?;
-    Ok(rows.len())
+    Ok(rows)
 }
 
 /// Runs `attempt` until it succeeds, its error is not retriable, or

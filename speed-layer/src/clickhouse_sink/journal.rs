@@ -1,6 +1,13 @@
-//! The journal: rows appended to `journal/current.jsonl` as they arrive, made durable by
-//! a partition task's barrier, and sealed into `batch-<n>.jsonl` files at 10 000 rows
-//! or 15 s; a sealed file never changes.
+//! The journal: RowBinary rows appended to `journal/current.rowbinary` as they arrive,
+//! made durable by a partition task's barrier, and sealed into `batch-<n>.rowbinary`
+//! files at `clickhouse.batch_rows` rows or `clickhouse.batch_interval`; a sealed file
+//! never changes. A file is exactly the body of its INSERT (`FORMAT RowBinary`), so an
+//! operator can also load one by hand: `clickhouse-client --query 'INSERT INTO events
+//! FORMAT RowBinary' < batch-<n>.rowbinary`.
+//!
+//! Files of JSON lines (`.jsonl`) written by earlier versions are read too: a leftover
+//! `current.jsonl` is sealed at start like `current.rowbinary`, and sealed or spilled
+//! `.jsonl` files are encoded to RowBinary when inserted.
 //!
 //! # A write that fails
 //!
@@ -13,8 +20,8 @@
 //! write may succeed: the failed one may have left part of its bytes, and a barrier
 //! that succeeded after a hole would store offsets over rows that were lost.
 //!
-//! At the next start the torn tail of a leftover `current.jsonl` is cut at its last
-//! whole line ([`cut_torn_tail`]): no barrier covered it, so no offset of its events
+//! At the next start the torn tail of a leftover `current.rowbinary` is cut after its
+//! last whole row ([`cut_torn_tail`]): no barrier covered it, so no offset of its events
 //! was stored and they are consumed again from Kafka.
 
 use std::io::Write as _;
@@ -24,11 +31,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::config::ClickHouseConfig;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::detail::DetailRow;
+use crate::pipeline::detail::{DetailRow, EncodedRows};
 
 use super::error::SinkError;
 use super::{SinkDirs, SinkMsg};
@@ -37,7 +43,14 @@ use super::{SinkDirs, SinkMsg};
 /// seal writes them sooner).
 const WRITE_CHUNK: usize = 1 << 20;
 
-/// The open `current.jsonl`: rows serialized into `pending`, written with one
+/// The open journal file this version writes.
+const OPEN_JOURNAL: &str = "current.rowbinary";
+/// Extension of the journal files this version writes.
+const EXT: &str = "rowbinary";
+/// Extension of the JSON-lines journal files of earlier versions.
+const LEGACY_EXT: &str = "jsonl";
+
+/// The open `current.rowbinary`: rows encoded into `pending`, written with one
 /// blocking `write_all` on the blocking pool.
 ///
 /// (`std::fs::File` rather than `tokio::fs::File`: tokio's file acknowledges a write
@@ -103,7 +116,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(std::io::Error::other)?
 }
 
-/// The shard's journal writer: appends rows to `current.jsonl`, seals it into a
+/// The shard's journal writer: appends rows to `current.rowbinary`, seals it into a
 /// numbered batch file and hands that to the inserter.
 pub(super) struct Batcher {
     cfg: ClickHouseConfig,
@@ -169,7 +182,7 @@ impl Batcher {
                 }
             }
         }
-        // A failed journal is not sealed: its `current.jsonl` is recovered at the next
+        // A failed journal is not sealed: its `current.rowbinary` is recovered at the next
         // start.
         if self.failed.is_none() {
             let r = self.seal().await;
@@ -208,24 +221,21 @@ impl Batcher {
         self.failed = Some(e);
     }
 
-    async fn append(&mut self, rows: &[DetailRow]) -> Result<(), SinkError> {
-        for row in rows {
-            if self.writer.is_none() {
-                self.writer =
-                    Some(JournalFile::open(self.dirs.journal.join("current.jsonl")).await?);
-                self.opened = Some(Instant::now());
-            }
-            let w = self.writer.as_mut().expect("journal opened above");
-            serde_json::to_writer(&mut w.pending, row)
-                .map_err(|e| SinkError::journal(&w.path, std::io::Error::other(e)))?;
-            w.pending.push(b'\n');
-            if w.pending.len() >= WRITE_CHUNK {
-                w.write_pending().await?;
-            }
-            self.rows += 1;
-            if self.rows >= self.cfg.batch_rows {
-                self.seal().await?;
-            }
+    /// Appends encoded rows; seals once the file holds `batch_rows` rows or more (a
+    /// partition's rows of one batch are never split between files).
+    async fn append(&mut self, rows: &EncodedRows) -> Result<(), SinkError> {
+        if self.writer.is_none() {
+            self.writer = Some(JournalFile::open(self.dirs.journal.join(OPEN_JOURNAL)).await?);
+            self.opened = Some(Instant::now());
+        }
+        let w = self.writer.as_mut().expect("journal opened above");
+        w.pending.extend_from_slice(&rows.bytes);
+        if w.pending.len() >= WRITE_CHUNK {
+            w.write_pending().await?;
+        }
+        self.rows += rows.rows;
+        if self.rows >= self.cfg.batch_rows {
+            self.seal().await?;
         }
         Ok(())
     }
@@ -243,12 +253,10 @@ impl Batcher {
         }
         self.sync().await?;
         self.writer = None;
-        let sealed = self
-            .dirs
-            .journal
-            .join(format!("batch-{:012}.jsonl", self.seq));
+        let open = self.dirs.journal.join(OPEN_JOURNAL);
+        let sealed = sealed_name(&self.dirs.journal, self.seq, &open);
         self.seq += 1;
-        tokio::fs::rename(self.dirs.journal.join("current.jsonl"), &sealed)
+        tokio::fs::rename(&open, &sealed)
             .await
             .map_err(|e| SinkError::journal(&sealed, e))?;
         self.rows = 0;
@@ -273,10 +281,27 @@ fn again(e: &SinkError) -> SinkError {
     }
 }
 
-/// Cuts `file` after its last newline and returns the bytes cut: a row whose write
-/// did not complete (a full disk; the host lost power) is dropped. No barrier covered
-/// it, so no offset of its event was stored: it is consumed again from Kafka.
+/// Cuts an open journal `file` after its last whole row and returns the bytes cut: a
+/// row whose write did not complete (a full disk; the host lost power) is dropped. No
+/// barrier covered it, so no offset of its event was stored: it is consumed again from
+/// Kafka. A RowBinary file is cut at the first row that does not decode whole and
+/// valid (`DetailRow::decode`: a torn row, or the zeros a file system can leave after
+/// a power loss); a JSON-lines file after its last newline.
 pub(super) async fn cut_torn_tail(file: &Path) -> std::io::Result<u64> {
+    if !has_ext(file, LEGACY_EXT) {
+        let p = file.to_owned();
+        return blocking(move || {
+            let bytes = std::fs::read(&p)?;
+            let keep = whole_rows(&bytes).0;
+            if keep < bytes.len() {
+                let f = std::fs::OpenOptions::new().write(true).open(&p)?;
+                f.set_len(keep as u64)?;
+                f.sync_data()?;
+            }
+            Ok((bytes.len() - keep) as u64)
+        })
+        .await;
+    }
     let p = file.to_owned();
     blocking(move || {
         let f = std::fs::OpenOptions::new()
@@ -308,7 +333,7 @@ pub(super) async fn cut_torn_tail(file: &Path) -> std::io::Result<u64> {
     .await
 }
 
-/// The sequence number of a `batch-<n>.jsonl` file.
+/// The sequence number of a `batch-<n>.rowbinary` (or `.jsonl`) file.
 pub(super) fn batch_seq(p: &Path) -> Option<u64> {
     p.file_stem()?
         .to_str()?
@@ -317,36 +342,118 @@ pub(super) fn batch_seq(p: &Path) -> Option<u64> {
         .ok()
 }
 
-/// The `.jsonl` files of `dir`, in no particular order.
-pub(super) async fn list_jsonl(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Bytes of the whole, valid rows at the front of `bytes`, and how many rows.
+fn whole_rows(bytes: &[u8]) -> (usize, usize) {
+    let mut rest = bytes;
+    let mut rows = 0;
+    loop {
+        let before = rest;
+        if rest.is_empty() || DetailRow::decode(&mut rest).is_err() {
+            return (bytes.len() - before.len(), rows);
+        }
+        rows += 1;
+    }
+}
+
+fn has_ext(p: &Path, ext: &str) -> bool {
+    p.extension().is_some_and(|x| x == ext)
+}
+
+/// Whether `p` is an open journal (this version's or an earlier one's), which is
+/// sealed at start.
+pub(super) fn is_open_journal(p: &Path) -> bool {
+    p.file_stem().is_some_and(|s| s == "current")
+}
+
+/// The sealed batch number `seq` in `dir`, in the format of the open journal `open`.
+pub(super) fn sealed_name(dir: &Path, seq: u64, open: &Path) -> PathBuf {
+    let ext = if has_ext(open, LEGACY_EXT) {
+        LEGACY_EXT
+    } else {
+        EXT
+    };
+    dir.join(format!("batch-{seq:012}.{ext}"))
+}
+
+/// The journal files of `dir` (RowBinary, and JSON lines of earlier versions), in no
+/// particular order.
+pub(super) async fn list_journal(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut rd = tokio::fs::read_dir(dir).await?;
     while let Some(e) = rd.next_entry().await? {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "jsonl") {
+        if has_ext(&p, EXT) || has_ext(&p, LEGACY_EXT) {
             out.push(p);
         }
     }
     Ok(out)
 }
 
-/// Rows (lines) of a journal or spill file.
-pub(super) async fn count_lines(file: &Path) -> std::io::Result<usize> {
-    let f = tokio::fs::File::open(file).await?;
-    let mut lines = tokio::io::BufReader::new(f).lines();
-    let mut n = 0;
-    while lines.next_line().await?.is_some() {
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Reads a journal or spill file.
+/// A journal or spill file as the body of one `INSERT ... FORMAT RowBinary`, and its
+/// row count. Every row is checked first, so a damaged file is refused before
+/// ClickHouse sees any of it; JSON lines of earlier versions are encoded.
 ///
 /// # Errors
 ///
-/// When the file cannot be read or a line is not a detail row.
+/// [`SinkError::BadFile`] when the file cannot be read or a row is not a detail row.
+pub(super) async fn read_batch(file: &Path) -> Result<(bytes::Bytes, usize), SinkError> {
+    let bad = |detail: String| SinkError::BadFile {
+        file: file.to_owned(),
+        detail,
+    };
+    if has_ext(file, LEGACY_EXT) {
+        let rows = read_json_lines(file).await?;
+        let mut bytes = Vec::new();
+        for r in &rows {
+            r.as_ref().encode(&mut bytes);
+        }
+        return Ok((bytes.into(), rows.len()));
+    }
+    let bytes = tokio::fs::read(file)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let (whole, rows) = whole_rows(&bytes);
+    if whole < bytes.len() {
+        let mut rest = &bytes[whole..];
+        let why = DetailRow::decode(&mut rest)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return Err(bad(format!("row {} at byte {whole}: {why}", rows + 1)));
+    }
+    Ok((bytes.into(), rows))
+}
+
+/// Rows of a journal or spill file.
+///
+/// # Errors
+///
+/// As [`read_batch`].
+pub(super) async fn count_rows(file: &Path) -> Result<usize, SinkError> {
+    read_batch(file).await.map(|(_, n)| n)
+}
+
+/// Reads a journal or spill file's rows (tools and tests; the inserter sends the
+/// bytes as they are, [`read_batch`]).
+///
+/// # Errors
+///
+/// As [`read_batch`].
 pub async fn read_rows(file: &Path) -> Result<Vec<DetailRow>, SinkError> {
+    if has_ext(file, LEGACY_EXT) {
+        return read_json_lines(file).await;
+    }
+    let (bytes, _) = read_batch(file).await?;
+    let mut rest = &bytes[..];
+    let mut rows = Vec::new();
+    while !rest.is_empty() {
+        rows.push(DetailRow::decode(&mut rest).expect("checked by read_batch"));
+    }
+    Ok(rows)
+}
+
+/// The rows of a JSON-lines file of an earlier version.
+async fn read_json_lines(file: &Path) -> Result<Vec<DetailRow>, SinkError> {
     let bad = |detail: String| SinkError::BadFile {
         file: file.to_owned(),
         detail,
@@ -401,6 +508,15 @@ mod tests {
         }
     }
 
+    fn encoded(rows: &[DetailRow]) -> EncodedRows {
+        let mut out = EncodedRows::default();
+        for r in rows {
+            r.as_ref().encode(&mut out.bytes);
+            out.rows += 1;
+        }
+        out
+    }
+
     async fn barrier(tx: &mpsc::Sender<SinkMsg>) -> Result<(), SinkError> {
         let (reply, rx) = oneshot::channel();
         tx.send(SinkMsg::Barrier(reply)).await.unwrap();
@@ -410,6 +526,51 @@ mod tests {
     #[tokio::test]
     async fn a_torn_last_row_is_cut_and_whole_rows_stay() {
         let dir = temp_dir("torn");
+        let f = dir.join(OPEN_JOURNAL);
+        let whole = encoded(&[row("e1"), row("e2")]).bytes;
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&encoded(&[row("e3")]).bytes[..20]);
+        std::fs::write(&f, &torn).unwrap();
+        assert_eq!(
+            cut_torn_tail(&f).await.unwrap(),
+            20,
+            "the torn third row is cut"
+        );
+        assert_eq!(std::fs::read(&f).unwrap(), whole);
+        assert_eq!(cut_torn_tail(&f).await.unwrap(), 0, "a whole file stays");
+        assert_eq!(read_rows(&f).await.unwrap(), vec![row("e1"), row("e2")]);
+        // Zeros after the rows (left by a power loss) are not rows either.
+        let mut zeros = whole.clone();
+        zeros.extend_from_slice(&[0; 4096]);
+        std::fs::write(&f, &zeros).unwrap();
+        assert_eq!(cut_torn_tail(&f).await.unwrap(), 4096);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_damaged_batch_is_refused_whole_and_json_lines_of_earlier_versions_are_encoded() {
+        let dir = temp_dir("batch");
+        let f = dir.join("batch-000000000001.rowbinary");
+        let mut bytes = encoded(&[row("e1")]).bytes;
+        bytes.push(7);
+        std::fs::write(&f, &bytes).unwrap();
+        let e = read_batch(&f).await.expect_err("a torn row");
+        assert!(e.to_string().contains("row 2"), "{e}");
+        let legacy = dir.join("batch-000000000002.jsonl");
+        let lines: String = [row("e1"), row("e2")]
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        std::fs::write(&legacy, lines).unwrap();
+        let (body, n) = read_batch(&legacy).await.unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(&body[..], &encoded(&[row("e1"), row("e2")]).bytes[..]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_of_an_earlier_versions_journal_is_cut() {
+        let dir = temp_dir("torn-jsonl");
         let f = dir.join("current.jsonl");
         std::fs::write(&f, "{\"a\":1}\n{\"b\":2}\n{\"c\"").unwrap();
         assert_eq!(
@@ -437,7 +598,7 @@ mod tests {
             spill: dir.join("spill"),
         };
         std::fs::create_dir_all(&dirs.journal).unwrap();
-        let current = dirs.journal.join("current.jsonl");
+        let current = dirs.journal.join(OPEN_JOURNAL);
         std::os::unix::fs::symlink("/dev/full", &current).unwrap();
         let (tx, rx) = mpsc::channel(8);
         let (sealed_tx, _sealed_rx) = mpsc::channel(1);
@@ -447,18 +608,18 @@ mod tests {
             let s = shutdown.clone();
             async move { b.run(rx, s).await }
         });
-        tx.send(SinkMsg::Rows(vec![row("e1")])).await.unwrap();
+        tx.send(SinkMsg::Rows(encoded(&[row("e1")]))).await.unwrap();
         let e = barrier(&tx)
             .await
             .expect_err("the row could not be written");
         let text = e.to_string();
         assert!(
-            text.contains("No space left on device") && text.contains("current.jsonl"),
+            text.contains("No space left on device") && text.contains(OPEN_JOURNAL),
             "{text}"
         );
         // Room again: the journal still takes nothing, as rows may have been lost.
         std::fs::remove_file(&current).unwrap();
-        tx.send(SinkMsg::Rows(vec![row("e2")])).await.unwrap();
+        tx.send(SinkMsg::Rows(encoded(&[row("e2")]))).await.unwrap();
         assert!(matches!(barrier(&tx).await, Err(SinkError::Journal { .. })));
         assert!(!current.exists(), "nothing written after the failure");
         shutdown.cancel();

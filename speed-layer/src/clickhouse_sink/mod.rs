@@ -1,14 +1,22 @@
 //! The ClickHouse sink of enriched detail rows (the design brief, "ClickHouse sink").
 //!
 //! ```text
-//!  partition tasks ──push──> sink task ──append──> journal/current.jsonl
-//!                  ─barrier─>   │ seal at 10 000 rows or 15 s
+//!  partition tasks ──push──> sink task ──append──> journal/current.rowbinary
+//!                  ─barrier─>   │ seal at 100 000 rows or 15 s
 //!                               v
-//!                     journal/batch-<n>.jsonl ──> inserter: RowBinary INSERT, retried with backoff
+//!                journal/batch-<n>.rowbinary ──> inserter: the file's bytes as one
+//!                                                  INSERT ... FORMAT RowBinary, retried
 //!                                                   ├─ ok: delete the file
 //!                                                   └─ retries spent, or an error a retry
 //!                                                      cannot cure: move to spill/, alert
 //! ```
+//!
+//! Rows arrive encoded in ClickHouse's RowBinary by the partition tasks
+//! ([`crate::pipeline::detail`]): the journal appends those bytes and the inserter sends
+//! a sealed file as it is, so a row is encoded once and never parsed again (a JSON
+//! journal, serialised and parsed back before each insert, was a third of the
+//! speed layer's CPU in `bench e2e`). Journal files of JSON lines left by an earlier
+//! version are still inserted and replayed.
 //!
 //! Rows are journaled on local disk as they arrive, and a partition task's `barrier`
 //! (before it stores offsets in Redis) makes them durable, so rows of events whose
@@ -53,10 +61,10 @@ use common::config::ClickHouseConfig;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::detail::DetailRow;
+use crate::pipeline::detail::{DetailRows, EncodedRows};
 
 use insert::inserter;
-use journal::{Batcher, batch_seq, cut_torn_tail, list_jsonl};
+use journal::{Batcher, batch_seq, cut_torn_tail, is_open_journal, list_journal, sealed_name};
 
 pub use error::{SinkError, server_code};
 pub use insert::insert_file;
@@ -67,7 +75,7 @@ pub use schema::{
 pub use spill::replay_spill;
 
 enum SinkMsg {
-    Rows(Vec<DetailRow>),
+    Rows(EncodedRows),
     Barrier(oneshot::Sender<Result<(), SinkError>>),
 }
 
@@ -83,18 +91,20 @@ impl SinkHandle {
     /// # Errors
     ///
     /// When the sink task has stopped.
-    pub async fn push(&self, rows: Vec<DetailRow>) -> Result<(), SinkError> {
-        let stopped = |_| SinkError::Stopped;
-        if let [one] = self.shards.as_slice() {
-            return one.send(SinkMsg::Rows(rows)).await.map_err(stopped);
-        }
-        let mut split: Vec<Vec<DetailRow>> = vec![Vec::new(); self.shards.len()];
-        for r in rows {
-            split[shard_of(&r.event_id, self.shards.len())].push(r);
-        }
+    /// `rows` were split by shard when they were made, for as many shards as this
+    /// handle has (`clickhouse.shards`).
+    pub async fn push(&self, rows: DetailRows) -> Result<(), SinkError> {
+        let split = rows.into_shards();
+        debug_assert_eq!(
+            split.len(),
+            self.shards.len(),
+            "rows split for another shard count"
+        );
         for (tx, rows) in self.shards.iter().zip(split) {
-            if !rows.is_empty() {
-                tx.send(SinkMsg::Rows(rows)).await.map_err(stopped)?;
+            if rows.rows > 0 {
+                tx.send(SinkMsg::Rows(rows))
+                    .await
+                    .map_err(|_| SinkError::Stopped)?;
             }
         }
         Ok(())
@@ -197,24 +207,24 @@ async fn start_shard(
     tokio::fs::create_dir_all(&dirs.spill).await?;
     let (tx, rx) = mpsc::channel(64);
     let (sealed_tx, sealed_rx) = mpsc::channel::<PathBuf>(4);
-    // Leftovers of a previous run: the open journal first, then sealed batches in order.
-    let mut leftovers = list_jsonl(&dirs.journal).await?;
+    // Leftovers of a previous run: sealed batches and the open journal (of this
+    // version, or JSON lines of an earlier one), which is sealed here.
+    let mut leftovers = list_journal(&dirs.journal).await?;
     leftovers.sort();
     let mut next_seq = leftovers
         .iter()
         .filter_map(|p| batch_seq(p))
         .max()
         .map_or(0, |s| s + 1);
-    let current = dirs.journal.join("current.jsonl");
     let mut recovered = Vec::new();
     for p in leftovers {
-        if p == current {
+        if is_open_journal(&p) {
             let cut = cut_torn_tail(&p).await?;
             if cut > 0 {
                 tracing::warn!(file = %p.display(), bytes = cut,
                     "the journal ended in a row whose write did not complete (a full disk?); cut it: no offset covers it, its event is consumed again from Kafka");
             }
-            let sealed = dirs.journal.join(format!("batch-{next_seq:012}.jsonl"));
+            let sealed = sealed_name(&dirs.journal, next_seq, &p);
             next_seq += 1;
             tokio::fs::rename(&p, &sealed).await?;
             recovered.push(sealed);

@@ -7,7 +7,7 @@ use common::config::ClickHouseConfig;
 
 use super::error::SinkError;
 use super::insert::insert_file;
-use super::journal::list_jsonl;
+use super::journal::list_journal;
 use super::schema::client;
 use super::shard_sinks;
 
@@ -39,7 +39,7 @@ pub(super) async fn replay_shard_spill(
         return Ok((0, 0));
     }
     let client = client(cfg);
-    let mut files = list_jsonl(spill_dir)
+    let mut files = list_journal(spill_dir)
         .await
         .map_err(|e| SinkError::journal(spill_dir, e))?;
     files.sort();

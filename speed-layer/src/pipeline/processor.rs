@@ -31,7 +31,7 @@ use common::event::{Event, TopicKind, id_hash};
 pub use super::checkpoint::{Checkpoint, Snapshot};
 use super::clicks::{ClickIndex, StoredClick};
 use super::dedup::Dedup;
-use super::detail::{DetailRow, Placement};
+use super::detail::{DetailRef, DetailRows, Placement};
 pub use super::effect_wait::PendingEffect;
 use super::effect_wait::{EffectWait, Settled};
 pub use super::enrich::Message;
@@ -56,6 +56,9 @@ pub struct ProcessorConfig {
     pub rules: Rules,
     /// Produce ClickHouse detail rows.
     pub detail_rows: bool,
+    /// ClickHouse shards the detail rows are split over (`clickhouse.shards`; 1 for a
+    /// single server).
+    pub detail_shards: usize,
 }
 
 impl ProcessorConfig {
@@ -70,6 +73,7 @@ impl ProcessorConfig {
             dedup_horizon_ms: duration_ms(cfg.speed.dedup_horizon),
             rules: cfg.attribution.rules(),
             detail_rows: cfg.clickhouse.enabled,
+            detail_shards: cfg.clickhouse.shards.len().max(1),
         }
     }
 }
@@ -131,7 +135,7 @@ pub struct Processor {
     windows: Windows,
     watermarks: Watermarks,
     next_offsets: [Option<i64>; 2],
-    details: Vec<DetailRow>,
+    details: DetailRows,
     /// Effects settled by the current step, recorded right after (a reused buffer).
     settled: Vec<Settled>,
     /// What the current batch adds to windows and days, applied at its end (a
@@ -165,7 +169,7 @@ impl Processor {
             windows: Windows::new(cfg.window_ms),
             watermarks: Watermarks::new(cfg.out_of_orderness_ms),
             next_offsets: [None; 2],
-            details: Vec::new(),
+            details: DetailRows::new(cfg.detail_shards),
             settled: Vec::new(),
             deltas: Vec::new(),
             stats: Stats::default(),
@@ -340,7 +344,7 @@ impl Processor {
                 ad_id: ad.ad_id,
                 category_id: ad.category_id,
             };
-            self.details.push(DetailRow::new(e, at, None, self.now_ms));
+            self.details.push(&DetailRef::new(e, at, None, self.now_ms));
         }
     }
 
@@ -383,7 +387,7 @@ impl Processor {
                     category_id: p.category_id,
                 };
                 self.details
-                    .push(DetailRow::new(e, at, Some(a), self.now_ms));
+                    .push(&DetailRef::new(e, at, Some(a), self.now_ms));
             }
         }
         self.settled = settled;
@@ -445,9 +449,9 @@ impl Processor {
         }
     }
 
-    /// Detail rows produced since the last call.
-    pub fn take_details(&mut self) -> Vec<DetailRow> {
-        std::mem::take(&mut self.details)
+    /// Detail rows produced since the last call, encoded.
+    pub fn take_details(&mut self) -> DetailRows {
+        std::mem::replace(&mut self.details, DetailRows::new(self.cfg.detail_shards))
     }
 
     /// What the processor did so far.
@@ -528,6 +532,7 @@ mod tests {
             dedup_horizon_ms: DAY_MS,
             rules: Rules::default(),
             detail_rows: true,
+            detail_shards: 1,
         }
     }
 

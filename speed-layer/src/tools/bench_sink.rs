@@ -2,7 +2,7 @@
 //! `clickhouse-client` loading the same rows in one batch on the same server.
 //!
 //! Detail rows are made by the speed layer's own core from the standard load (JSON
-//! lines), written as the sink's journal batches (`batch_rows` rows each), and inserted
+//! lines), written as the sink's journal batches (RowBinary, `batch_rows` rows each), and inserted
 //! one batch after the other with the sink's insert function (RowBinary over HTTP,
 //! retries), as the running sink does. Only the inserts are timed. The same rows are
 //! also written as one `JSONEachRow` file for `clickhouse-client`; the command prints
@@ -54,13 +54,12 @@ pub async fn run(
     let per_batch = cfg.clickhouse.batch_rows.max(1);
     let mut batches = Vec::new();
     for (i, chunk) in details.chunks(per_batch).enumerate() {
-        let path = dir.join(format!("batch-{i:06}.jsonl"));
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let path = dir.join(format!("batch-{i:06}.rowbinary"));
+        let mut bytes = Vec::new();
         for r in chunk {
-            serde_json::to_writer(&mut f, r)?;
-            f.write_all(b"\n")?;
+            r.as_ref().encode(&mut bytes);
         }
-        f.flush()?;
+        std::fs::write(&path, bytes).with_context(|| path.display().to_string())?;
         batches.push(path);
     }
     let client_file = dir.join("clickhouse-client.jsonl");
@@ -117,14 +116,14 @@ fn detail_rows(cfg: &Config, files: &[PathBuf], rows: usize) -> anyhow::Result<V
             if let Ok(e) = decode(line, topic, now, &limits) {
                 proc.process(topic, off, &e, &dims);
             }
-            out.extend(proc.take_details());
+            out.extend(proc.take_details().decoded());
             if out.len() >= rows {
                 break 'files;
             }
         }
     }
     proc.take_flush(true);
-    out.extend(proc.take_details());
+    out.extend(proc.take_details().decoded());
     out.truncate(rows);
     Ok(out)
 }
