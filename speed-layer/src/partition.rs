@@ -133,7 +133,7 @@ struct Written {
 pub async fn run(
     shared: Shared,
     own: Ownership,
-    mut rx: mpsc::Receiver<Inbound>,
+    mut rx: mpsc::Receiver<Vec<Inbound>>,
     stop: CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<Ended, PartitionError> {
@@ -169,6 +169,7 @@ pub async fn run(
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(2048);
+        let mut bursts = Vec::with_capacity(8);
         loop {
             tokio::select! {
                 biased;
@@ -189,9 +190,12 @@ pub async fn run(
                         Ok(()) => Ok(Ended::Drained),
                     };
                 }
-                n = rx.recv_many(&mut buf, 2048) => {
+                n = rx.recv_many(&mut bursts, 4) => {
                     if n == 0 {
                         return Ok(Ended::Released);
+                    }
+                    for b in bursts.drain(..) {
+                        if buf.is_empty() { buf = b; } else { buf.extend(b); }
                     }
                     task.handle(&mut buf).await?;
                 }

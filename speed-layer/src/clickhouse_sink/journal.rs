@@ -1,7 +1,8 @@
 //! The journal: RowBinary rows appended to `journal/current.rowbinary` as they arrive,
 //! made durable by a partition task's barrier, and sealed into `batch-<n>.rowbinary`
-//! files at `clickhouse.batch_rows` rows or `clickhouse.batch_interval`; a sealed file
-//! never changes. A file is exactly the body of its INSERT (`FORMAT RowBinary`), so an
+//! files at `clickhouse.batch_rows` rows (but at most one such batch per
+//! `clickhouse.min_insert_interval`) or after `clickhouse.batch_interval`; a sealed
+//! file never changes. A file is exactly the body of its INSERT (`FORMAT RowBinary`), so an
 //! operator can also load one by hand: `clickhouse-client --query 'INSERT INTO events
 //! FORMAT RowBinary' < batch-<n>.rowbinary`.
 //!
@@ -125,6 +126,8 @@ pub(super) struct Batcher {
     writer: Option<JournalFile>,
     rows: usize,
     opened: Option<Instant>,
+    /// When the last batch was sealed (`None` before the first).
+    last_seal: Option<Instant>,
     sealed: mpsc::Sender<PathBuf>,
     /// The first failed write: the journal takes no rows after it (module docs).
     failed: Option<SinkError>,
@@ -146,6 +149,7 @@ impl Batcher {
             writer: None,
             rows: 0,
             opened: None,
+            last_seal: None,
             sealed,
             failed: None,
         }
@@ -166,7 +170,8 @@ impl Batcher {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    if self.failed.is_none() && self.opened.is_some_and(|t| t.elapsed() >= self.cfg.batch_interval) {
+                    let old = self.opened.is_some_and(|t| t.elapsed() >= self.cfg.batch_interval);
+                    if self.failed.is_none() && (old || self.full()) {
                         let r = self.seal().await;
                         self.record(r);
                     }
@@ -234,10 +239,19 @@ impl Batcher {
             w.write_pending().await?;
         }
         self.rows += rows.rows;
-        if self.rows >= self.cfg.batch_rows {
+        if self.full() {
             self.seal().await?;
         }
         Ok(())
+    }
+
+    /// The open batch has `batch_rows` rows or more and `min_insert_interval` has
+    /// passed since the last seal.
+    fn full(&self) -> bool {
+        self.rows >= self.cfg.batch_rows
+            && self
+                .last_seal
+                .is_none_or(|t| t.elapsed() >= self.cfg.min_insert_interval)
     }
 
     async fn sync(&mut self) -> Result<(), SinkError> {
@@ -261,6 +275,7 @@ impl Batcher {
             .map_err(|e| SinkError::journal(&sealed, e))?;
         self.rows = 0;
         self.opened = None;
+        self.last_seal = Some(Instant::now());
         // Waits while the inserter is behind: backpressure up to the partition tasks.
         self.sealed
             .send(sealed)

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  partition tasks ──push──> sink task ──append──> journal/current.rowbinary
-//!                  ─barrier─>   │ seal at 100 000 rows or 15 s
+//!                  ─barrier─>   │ seal at 10 000 rows (at most 1/s) or 15 s
 //!                               v
 //!                journal/batch-<n>.rowbinary ──> inserter: the file's bytes as one
 //!                                                  INSERT ... FORMAT RowBinary, retried

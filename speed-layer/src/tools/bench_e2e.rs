@@ -23,6 +23,12 @@
 //!    freshness is that time minus the time it was handed to the producer. Day counters
 //!    fire early (every `speed.early_fire_interval`), so freshness is not bounded by the
 //!    10-second window.
+//! 3. **CPU per click** of both reading phases, of this process and of the whole
+//!    machine (`/proc`). When the machine's cores are busy in both phases (on a small
+//!    machine, where broker, Redis, ClickHouse and the speed layer share them), the
+//!    throughput ratio cannot exceed the ratio of machine CPU per click
+//!    (`cpu_bound_ratio`): that figure says how much of a shortfall is work the path
+//!    does (ClickHouse's inserts, Redis's script, the speed layer) rather than waiting.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,8 +80,80 @@ pub struct E2eFigures {
     pub speed_layer_events_per_second: f64,
     /// Speed layer / bare consumer throughput.
     pub ratio_to_bare_consumer: f64,
+    /// Cores of this machine (everything of the run shares them: broker, Redis,
+    /// ClickHouse, MySQL and this process).
+    pub machine_cores: usize,
+    /// CPU per click while the bare consumer read.
+    pub bare_consumer_cpu: CpuPerEvent,
+    /// CPU per click while the speed layer counted.
+    pub speed_layer_cpu: CpuPerEvent,
+    /// Bare consumer's machine CPU per click / the speed layer's: the throughput
+    /// ratio a machine whose cores are all busy in both phases allows at most.
+    pub cpu_bound_ratio: f64,
     /// Freshness at each fixed rate.
     pub freshness: Vec<Freshness>,
+}
+
+/// CPU time per click of one phase, µs (core-microseconds: 2 cores busy for 1 s are
+/// 2 000 000).
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuPerEvent {
+    /// Of this process (the reading consumer; in the speed-layer phase the whole
+    /// speed layer, and the benchmark's Redis poll every 20 ms).
+    pub process_us: f64,
+    /// Of the whole machine (every process, the kernel included).
+    pub machine_us: f64,
+}
+
+/// CPU seconds used so far, from `/proc` (Linux; ticks of `USER_HZ`, 100 on Linux).
+#[derive(Debug, Clone, Copy)]
+struct CpuClock {
+    process_s: f64,
+    machine_s: f64,
+}
+
+impl CpuClock {
+    const USER_HZ: f64 = 100.0;
+
+    /// Now; zeros where `/proc` cannot be read (the figures then say 0).
+    fn now() -> CpuClock {
+        let ticks = |s: Option<f64>| s.unwrap_or(0.0) / Self::USER_HZ;
+        // /proc/self/stat: utime and stime are fields 14 and 15; the name in field 2
+        // may hold spaces, so count after its closing parenthesis.
+        let process = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+            });
+        // /proc/stat's first line: user nice system idle iowait irq softirq steal ...
+        let machine = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            let f: Vec<f64> = s
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum())
+        });
+        CpuClock {
+            process_s: ticks(process),
+            machine_s: ticks(machine),
+        }
+    }
+
+    /// CPU per event since `self`.
+    fn per_event(self, events: usize) -> CpuPerEvent {
+        let now = CpuClock::now();
+        #[allow(clippy::cast_precision_loss)]
+        let us = |s: f64| s * 1e6 / events.max(1) as f64;
+        CpuPerEvent {
+            process_us: us(now.process_s - self.process_s),
+            machine_us: us(now.machine_s - self.machine_s),
+        }
+    }
 }
 
 /// Freshness (produced -> visible in Redis) at one fixed rate, seconds.
@@ -227,10 +305,13 @@ async fn phases(
     let producer_seconds = started.elapsed().as_secs_f64();
 
     eprintln!("bare consumer reading them");
+    let cpu = CpuClock::now();
     let bare_seconds = bare_consumer(cfg, opts.events, opts.timeout).await?;
+    let bare_cpu = cpu.per_event(opts.events);
 
     eprintln!("speed layer counting them");
     let shutdown = CancellationToken::new();
+    let cpu = CpuClock::now();
     let started = Instant::now();
     let service = tokio::spawn(crate::service::run_without_exporter(
         Arc::clone(cfg),
@@ -240,6 +321,7 @@ async fn phases(
         .wait_for(i64::try_from(opts.events)?, opts.timeout, &service)
         .await?;
     let speed_seconds = started.elapsed().as_secs_f64();
+    let speed_cpu = cpu.per_event(opts.events);
 
     let mut freshness = Vec::new();
     let mut next = opts.events;
@@ -276,6 +358,10 @@ async fn phases(
         speed_layer_seconds: speed_seconds,
         speed_layer_events_per_second: per_s(speed_seconds),
         ratio_to_bare_consumer: bare_seconds / speed_seconds.max(1e-9),
+        machine_cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        cpu_bound_ratio: bare_cpu.machine_us / speed_cpu.machine_us.max(1e-9),
+        bare_consumer_cpu: bare_cpu,
+        speed_layer_cpu: speed_cpu,
         freshness,
     })
 }
