@@ -29,11 +29,11 @@ use futures::FutureExt as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::partition::{self, Ended, Inbound, PartitionError, Shared};
+use crate::partition::{self, Burst, Ended, Inbound, PartitionError, Shared};
 use crate::state::{self, Ownership, StateError};
 
 /// A rebalance, as the callback records it for the dispatcher.
@@ -128,7 +128,10 @@ impl SpeedContext {
 }
 
 struct Running {
-    tx: mpsc::Sender<Vec<Inbound>>,
+    tx: mpsc::UnboundedSender<Burst>,
+    /// Room in the partition's queue, in messages (`speed.partition_queue`): a burst
+    /// takes a permit per message, released once the task has handled it.
+    room: Arc<Semaphore>,
     stop: CancellationToken,
     /// Messages read for this partition and not yet handed over.
     staged: Vec<Inbound>,
@@ -277,15 +280,29 @@ impl Dispatcher {
     }
 
     /// Hands each partition's staged messages to its task, in order (waits while a
-    /// task's queue is full: backpressure).
+    /// task's queue holds `speed.partition_queue` messages: backpressure).
+    ///
+    /// The queue is bounded in messages, not bursts: while one partition's task waits
+    /// (for MySQL, say) the dispatcher goes on feeding the others until that
+    /// partition's queue is full, as with a queue of single messages. (Bounded in
+    /// bursts, a few slow, small bursts blocked every partition at once; a starved
+    /// partition's watermark then followed the clock and ended effect waits whose
+    /// clicks were still in Kafka.)
     async fn hand_over(&mut self) {
+        let queue = self.shared.cfg.speed.partition_queue.max(1);
         for r in self.running.values_mut() {
-            if !r.staged.is_empty() {
-                let burst = std::mem::take(&mut r.staged);
-                // A closed channel means the task ended; its outcome is reaped by the
-                // dispatcher's loop.
-                let _ = r.tx.send(burst).await;
+            if r.staged.is_empty() {
+                continue;
             }
+            let messages = std::mem::take(&mut r.staged);
+            let n = u32::try_from(messages.len().min(queue)).unwrap_or(u32::MAX);
+            // The semaphore is never closed.
+            let Ok(room) = Arc::clone(&r.room).acquire_many_owned(n).await else {
+                continue;
+            };
+            // A closed channel means the task ended; its outcome is reaped by the
+            // dispatcher's loop.
+            let _ = r.tx.send(Burst { messages, room });
         }
     }
 
@@ -370,9 +387,9 @@ impl Dispatcher {
         if let Some(old) = self.running.remove(&p) {
             old.stop.cancel();
         }
-        // `partition_queue` counts messages; the channel holds bursts.
-        let (tx, rx) =
-            mpsc::channel((self.shared.cfg.speed.partition_queue / DISPATCH_BURST).max(2));
+        // Bounded by `room`, in messages.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(self.shared.cfg.speed.partition_queue.max(1)));
         let stop = CancellationToken::new();
         let (s, st, dr) = (self.shared.clone(), stop.clone(), self.drain.clone());
         self.tasks
@@ -381,6 +398,7 @@ impl Dispatcher {
             p,
             Running {
                 tx,
+                room,
                 stop,
                 staged: Vec::new(),
             },

@@ -47,6 +47,16 @@ pub struct Inbound {
     pub payload: Option<Vec<u8>>,
 }
 
+/// Messages of one partition handed over together, with their room in the
+/// partition's queue (released when the burst is dropped, once handled).
+#[derive(Debug)]
+pub struct Burst {
+    /// In offset order per topic.
+    pub messages: Vec<Inbound>,
+    /// A permit per message of the queue's bound (`speed.partition_queue`).
+    pub room: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// What every partition task of an instance shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -133,7 +143,7 @@ struct Written {
 pub async fn run(
     shared: Shared,
     own: Ownership,
-    mut rx: mpsc::Receiver<Vec<Inbound>>,
+    mut rx: mpsc::UnboundedReceiver<Burst>,
     stop: CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<Ended, PartitionError> {
@@ -170,6 +180,7 @@ pub async fn run(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(2048);
         let mut bursts = Vec::with_capacity(8);
+        let mut room = Vec::with_capacity(8);
         loop {
             tokio::select! {
                 biased;
@@ -195,9 +206,11 @@ pub async fn run(
                         return Ok(Ended::Released);
                     }
                     for b in bursts.drain(..) {
-                        if buf.is_empty() { buf = b; } else { buf.extend(b); }
+                        if buf.is_empty() { buf = b.messages; } else { buf.extend(b.messages); }
+                        room.push(b.room);
                     }
                     task.handle(&mut buf).await?;
+                    room.clear();
                 }
                 _ = tick.tick() => {}
             }

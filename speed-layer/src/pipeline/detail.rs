@@ -163,30 +163,6 @@ impl<'a> DetailRef<'a> {
         out.extend_from_slice(&self.kafka_offset.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
     }
-
-    /// The owned row.
-    pub fn to_owned_row(&self) -> DetailRow {
-        DetailRow {
-            event_id: self.event_id.to_owned(),
-            kind: self.kind.to_owned(),
-            ts_ms: self.ts_ms,
-            event_time: self.event_time,
-            day: self.day,
-            user_id: self.user_id.to_owned(),
-            advertiser_id: self.advertiser_id,
-            campaign_id: self.campaign_id,
-            ad_id: self.ad_id,
-            product_id: self.product_id,
-            category_id: self.category_id,
-            cost_micros: self.cost_micros,
-            gmv_micros: self.gmv_micros,
-            attribution: self.attribution.to_owned(),
-            click_ts_ms: self.click_ts_ms,
-            kafka_partition: self.kafka_partition,
-            kafka_offset: self.kafka_offset,
-            version: self.version,
-        }
-    }
 }
 
 /// Why bytes are not a RowBinary detail row.
