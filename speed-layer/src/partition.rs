@@ -125,8 +125,8 @@ struct Task {
 struct Written {
     /// The ownership after it (its flush sequence advanced).
     own: Ownership,
-    /// When the flush began (barrier and write).
-    started: Instant,
+    /// How long the barrier and the write took, seconds.
+    seconds: f64,
     /// Windows it closed.
     windows: usize,
     /// Its clock reading, ms UTC.
@@ -440,7 +440,7 @@ impl Task {
                 .await?;
             Ok(Written {
                 own,
-                started,
+                seconds: started.elapsed().as_secs_f64(),
                 windows,
                 now_ms: now,
             })
@@ -460,7 +460,7 @@ impl Task {
             Err(_) => return Ok(()), // aborted at revocation
         };
         self.own = w.own;
-        let secs = w.started.elapsed().as_secs_f64();
+        let secs = w.seconds;
         metrics::histogram!(WINDOW_FLUSH_DURATION).record(secs);
         metrics::counter!(WINDOWS_CLOSED).increment(w.windows as u64);
         let p = self.own.partition.to_string();

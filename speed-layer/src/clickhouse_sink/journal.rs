@@ -35,7 +35,7 @@ use common::config::ClickHouseConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::detail::{DetailRow, EncodedRows};
+use crate::pipeline::detail::{DetailRef, DetailRow, EncodedRows};
 
 use super::error::SinkError;
 use super::{SinkDirs, SinkMsg};
@@ -363,7 +363,7 @@ fn whole_rows(bytes: &[u8]) -> (usize, usize) {
     let mut rows = 0;
     loop {
         let before = rest;
-        if rest.is_empty() || DetailRow::decode(&mut rest).is_err() {
+        if rest.is_empty() || DetailRef::decode(&mut rest).is_err() {
             return (bytes.len() - before.len(), rows);
         }
         rows += 1;
@@ -430,7 +430,7 @@ pub(super) async fn read_batch(file: &Path) -> Result<(bytes::Bytes, usize), Sin
     let (whole, rows) = whole_rows(&bytes);
     if whole < bytes.len() {
         let mut rest = &bytes[whole..];
-        let why = DetailRow::decode(&mut rest)
+        let why = DetailRef::decode(&mut rest)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -446,25 +446,6 @@ pub(super) async fn read_batch(file: &Path) -> Result<(bytes::Bytes, usize), Sin
 /// As [`read_batch`].
 pub(super) async fn count_rows(file: &Path) -> Result<usize, SinkError> {
     read_batch(file).await.map(|(_, n)| n)
-}
-
-/// Reads a journal or spill file's rows (tools and tests; the inserter sends the
-/// bytes as they are, [`read_batch`]).
-///
-/// # Errors
-///
-/// As [`read_batch`].
-pub async fn read_rows(file: &Path) -> Result<Vec<DetailRow>, SinkError> {
-    if has_ext(file, LEGACY_EXT) {
-        return read_json_lines(file).await;
-    }
-    let (bytes, _) = read_batch(file).await?;
-    let mut rest = &bytes[..];
-    let mut rows = Vec::new();
-    while !rest.is_empty() {
-        rows.push(DetailRow::decode(&mut rest).expect("checked by read_batch"));
-    }
-    Ok(rows)
 }
 
 /// The rows of a JSON-lines file of an earlier version.
@@ -553,7 +534,7 @@ mod tests {
         );
         assert_eq!(std::fs::read(&f).unwrap(), whole);
         assert_eq!(cut_torn_tail(&f).await.unwrap(), 0, "a whole file stays");
-        assert_eq!(read_rows(&f).await.unwrap(), vec![row("e1"), row("e2")]);
+        assert_eq!(read_batch(&f).await.unwrap(), (whole.clone().into(), 2));
         // Zeros after the rows (left by a power loss) are not rows either.
         let mut zeros = whole.clone();
         zeros.extend_from_slice(&[0; 4096]);

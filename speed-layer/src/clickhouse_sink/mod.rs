@@ -68,7 +68,6 @@ use journal::{Batcher, batch_seq, cut_torn_tail, is_open_journal, list_journal, 
 
 pub use error::{SinkError, server_code};
 pub use insert::insert_file;
-pub use journal::read_rows;
 pub use schema::{
     DETAIL_TABLE, SCHEMA_SQL, client, ident, migrate, schema_statements, server_client, shard_of,
 };

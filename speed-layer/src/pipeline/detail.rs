@@ -201,25 +201,58 @@ impl DetailRow {
         }
     }
 
-    /// Decodes one RowBinary row from the front of `input` and advances it past the
-    /// row. A row this sink did not write (an empty event id, an unknown kind: the
-    /// zeros a file system can leave after a power loss) is refused.
+    /// Decodes one RowBinary row from the front of `input` ([`DetailRef::decode`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`DetailRef::decode`].
+    pub fn decode(input: &mut &[u8]) -> Result<DetailRow, DecodeError> {
+        let r = DetailRef::decode(input)?;
+        Ok(DetailRow {
+            event_id: r.event_id.to_owned(),
+            kind: r.kind.to_owned(),
+            ts_ms: r.ts_ms,
+            event_time: r.event_time,
+            day: r.day,
+            user_id: r.user_id.to_owned(),
+            advertiser_id: r.advertiser_id,
+            campaign_id: r.campaign_id,
+            ad_id: r.ad_id,
+            product_id: r.product_id,
+            category_id: r.category_id,
+            cost_micros: r.cost_micros,
+            gmv_micros: r.gmv_micros,
+            attribution: r.attribution.to_owned(),
+            click_ts_ms: r.click_ts_ms,
+            kafka_partition: r.kafka_partition,
+            kafka_offset: r.kafka_offset,
+            version: r.version,
+        })
+    }
+}
+
+impl<'b> DetailRef<'b> {
+    /// Decodes one RowBinary row from the front of `input`, borrowing its strings
+    /// (no allocation: the sink checks every row of a batch file before sending it),
+    /// and advances `input` past the row. A row this sink did not write (an empty
+    /// event id, an unknown kind: the zeros a file system can leave after a power
+    /// loss) is refused.
     ///
     /// # Errors
     ///
     /// [`DecodeError::Truncated`] when `input` ends inside the row;
     /// [`DecodeError::Invalid`] when the bytes are not a detail row.
-    pub fn decode(input: &mut &[u8]) -> Result<DetailRow, DecodeError> {
+    pub fn decode(input: &mut &'b [u8]) -> Result<DetailRef<'b>, DecodeError> {
         let mut r = Reader(input);
         let event_id = r.string()?;
         let kind = r.string()?;
         if event_id.is_empty() {
             return Err(DecodeError::Invalid("empty event id"));
         }
-        if EventKind::parse(&kind).is_none() {
+        if EventKind::parse(kind).is_none() {
             return Err(DecodeError::Invalid("unknown event kind"));
         }
-        Ok(DetailRow {
+        Ok(DetailRef {
             event_id,
             kind,
             ts_ms: r.i64()?,
@@ -258,7 +291,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 /// Reads RowBinary values off the front of a slice.
 struct Reader<'i, 'b>(&'i mut &'b [u8]);
 
-impl Reader<'_, '_> {
+impl<'b> Reader<'_, 'b> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let (head, rest) = self
             .0
@@ -272,7 +305,7 @@ impl Reader<'_, '_> {
         Ok(i64::from_le_bytes(self.take()?))
     }
 
-    fn string(&mut self) -> Result<String, DecodeError> {
+    fn string(&mut self) -> Result<&'b str, DecodeError> {
         let mut len = 0_usize;
         let mut shift = 0;
         loop {
@@ -291,7 +324,7 @@ impl Reader<'_, '_> {
         }
         let (s, rest) = self.0.split_at(len);
         *self.0 = rest;
-        String::from_utf8(s.to_vec()).map_err(|_| DecodeError::Invalid("a string is not UTF-8"))
+        std::str::from_utf8(s).map_err(|_| DecodeError::Invalid("a string is not UTF-8"))
     }
 }
 
