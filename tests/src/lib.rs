@@ -39,6 +39,10 @@ pub struct TestEnv {
     /// today at the latest (every replayed day has closed and may turn final); 0 (the
     /// default): at most now.
     pub data_ends_days_ago: i64,
+    /// Some: [`TestEnv::replay`] shifts the data to end on this UTC day at the latest
+    /// (takes precedence over [`TestEnv::data_ends_days_ago`]); for a test that places
+    /// two replays on days that must not meet, from one reading of the clock.
+    pub data_ends_on: Option<chrono::NaiveDate>,
     children: Vec<(String, Child)>,
 }
 
@@ -185,6 +189,7 @@ impl TestEnv {
             cfg,
             state_dir,
             data_ends_days_ago: 0,
+            data_ends_on: None,
             children: Vec::new(),
         }
     }
@@ -647,12 +652,18 @@ impl TestEnv {
             "--limit".to_owned(),
             rows.to_string(),
         ];
-        if self.data_ends_days_ago > 0 {
+        let day_ms = common::event::DAY_MS;
+        let last_day = match self.data_ends_on {
+            Some(day) => Some(i64::from(common::day::day_num(day))),
+            None if self.data_ends_days_ago > 0 => {
+                Some(common::day::now_ms().div_euclid(day_ms) - self.data_ends_days_ago)
+            }
+            None => None,
+        };
+        if let Some(last_day) = last_day {
             let mut r = fixtures::dataset::read(&data).expect("data set");
             r.truncate(rows);
-            let day_ms = common::event::DAY_MS;
-            let today = common::day::now_ms().div_euclid(day_ms);
-            let end = (today - self.data_ends_days_ago + 1) * day_ms - 1;
+            let end = (last_day + 1) * day_ms - 1;
             let shift = fixtures::dataset::shift_days(&r, end, false);
             args.extend(["--shift".to_owned(), shift.to_string()]);
         }
@@ -739,6 +750,16 @@ pub fn busiest_advertiser(events: &[common::event::Event<'_>]) -> i64 {
 }
 
 impl TestEnv {
+    /// The earliest UTC day a [`TestEnv::spawn_paced_replay`] of `rows` rows started
+    /// from now on can hold: its shift is the largest that keeps the data at or before
+    /// the clock, so it only grows as time passes.
+    pub fn paced_replay_first_day(rows: usize) -> chrono::NaiveDate {
+        let mut r = fixtures::dataset::read(&dataset_path()).expect("data set");
+        r.truncate(rows);
+        let shift = fixtures::dataset::shift_days(&r, common::day::now_ms(), false);
+        days_of(&fixtures::dataset::events(&r, shift)).0
+    }
+
     /// Starts a replay of the first `rows` rows of the data set paced at `speed` times
     /// event time, in the background (child `replay`), and returns the events it
     /// produces, rebuilt from the file with the same date shift.
